@@ -1,0 +1,3 @@
+from groundthink.cli.main import main
+
+raise SystemExit(main())

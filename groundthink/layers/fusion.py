@@ -1,0 +1,106 @@
+"""Fusion modules: how the (normalized) RWKV-6 output ``r`` and Mamba-2 output ``m`` reach the residual stream.
+
+Each variant is one small class. ``forward(r, m)`` returns ``(fused, gate)`` where ``gate`` is the share
+given to RWKV that the variant measured (a tensor, broadcastable to ``r``), or ``None`` for variants
+without an interpolation gate (CP). The trainer and diagnostics read it as ``gate_rwkv`` (SPEC §4).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def logit(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"gate_init must be in (0, 1), got {p}")
+    return math.log(p / (1.0 - p))
+
+
+class GainFusion(nn.Module):
+    """HY: fixed-across-positions per-channel gains, ``g_r * r + g_m * m``."""
+
+    def __init__(self, hidden_size: int, gate_init: float = 0.7):
+        super().__init__()
+        self.gain_rwkv = nn.Parameter(torch.full((hidden_size,), float(gate_init)))
+        self.gain_mamba = nn.Parameter(torch.full((hidden_size,), 1.0 - float(gate_init)))
+
+    def forward(self, r, m):
+        fused = self.gain_rwkv * r + self.gain_mamba * m
+        # RWKV's share of the two gains' magnitudes (the gains are free, so this is the honest "share").
+        share = self.gain_rwkv.abs() / (self.gain_rwkv.abs() + self.gain_mamba.abs() + 1e-8)
+        return fused, share
+
+
+class GatedFusion(nn.Module):
+    """GF family: one sigmoid gate per position, ``s * r + (1 - s) * m``, ``s = sigmoid(W [r, m] + b)``.
+
+    ``per_channel=True`` gives HGF (one gate per position and channel). The weight starts at zero and
+    the bias at ``logit(gate_init)``, so every position starts with RWKV share exactly ``gate_init``.
+    """
+
+    def __init__(self, hidden_size: int, gate_init: float = 0.5, per_channel: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(2 * hidden_size, hidden_size if per_channel else 1)
+        nn.init.zeros_(self.gate_proj.weight)
+        nn.init.constant_(self.gate_proj.bias, logit(gate_init))
+
+    def forward(self, r, m):
+        gate = torch.sigmoid(self.gate_proj(torch.cat([r, m], dim=-1)))
+        return gate * r + (1.0 - gate) * m, gate
+
+
+class ConcatProjectFusion(nn.Module):
+    """CP: ``Linear(2d, d, bias=False)([r, m])`` — unconstrained, so it reports no gate."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+
+    def forward(self, r, m):
+        return self.proj(torch.cat([r, m], dim=-1)), None
+
+
+class WeightedSumFusion(nn.Module):
+    """WS: one learned scalar, ``w * r + (1 - w) * m``."""
+
+    def __init__(self, hidden_size: int, gate_init: float = 0.5):
+        super().__init__()
+        self.weight_rwkv = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def forward(self, r, m):
+        return self.weight_rwkv * r + (1.0 - self.weight_rwkv) * m, self.weight_rwkv
+
+
+class ResidualFusion(nn.Module):
+    """RF: RWKV as the base, Mamba as a scaled correction, ``r + a * m``."""
+
+    def __init__(self, hidden_size: int, gate_init: float = 0.3):
+        super().__init__()
+        self.scale_mamba = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def forward(self, r, m):
+        share = 1.0 / (1.0 + self.scale_mamba.abs())
+        return r + self.scale_mamba * m, share
+
+
+# The registry of fusion kinds: name -> (class, whether it takes gate_init, extra kwargs).
+FUSIONS = {
+    "gain": (GainFusion, {}),
+    "gate": (GatedFusion, {"per_channel": False}),
+    "gate_channel": (GatedFusion, {"per_channel": True}),
+    "concat_project": (ConcatProjectFusion, {}),
+    "weighted_sum": (WeightedSumFusion, {}),
+    "residual": (ResidualFusion, {}),
+}
+
+
+def build_fusion(kind: str, hidden_size: int, gate_init: float | None = None) -> nn.Module:
+    if kind not in FUSIONS:
+        raise ValueError(f"unknown fusion {kind!r}; valid: {', '.join(FUSIONS)}")
+    cls, extra = FUSIONS[kind]
+    kwargs = dict(extra)
+    if gate_init is not None and cls is not ConcatProjectFusion:
+        kwargs["gate_init"] = gate_init
+    return cls(hidden_size, **kwargs)

@@ -1,0 +1,101 @@
+"""The language model: token embedding -> N blocks -> RMSNorm -> head tied to the embedding."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from groundthink.models.blocks import BLOCKS
+from groundthink.models.config import ModelConfig
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    # Per layer, per branch: {"rwkv6": RWKV6State, "mamba2": Mamba2State} or {"attention": KVCache}.
+    states: list[dict] | None = None
+
+
+class GroundThinkLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        kinds = config.layer_kinds()
+        # Only attention needs positions (RWKV-6 and Mamba-2 are ordered by their recurrence).
+        self.pos_embed = None
+        if "A" in kinds:
+            self.pos_embed = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            nn.init.normal_(self.pos_embed.weight, std=0.02)
+        self.layers = nn.ModuleList([BLOCKS[kind](config) for kind in kinds])
+        self.norm_out = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                states: list[dict] | None = None, return_states: bool = False,
+                position_offset: int = 0) -> LMOutput:
+        """``input_ids: [B, T]``. With ``states`` (from a previous call) the sequence continues from them.
+
+        ``position_offset`` is only used by attention layers (the number of tokens already consumed).
+        """
+        batch, seq_len = input_ids.shape
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size) \
+                and not input_ids.is_cuda:
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            end = position_offset + seq_len
+            if end > self.config.max_position_embeddings:
+                raise ValueError(f"sequence reaches position {end} but max_position_embeddings is "
+                                 f"{self.config.max_position_embeddings}; raise model.max_position_embeddings")
+            x = x + self.pos_embed(torch.arange(position_offset, end, device=input_ids.device))
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, layer_state = layer(x, None if states is None else states[i])
+            new_states.append(layer_state)
+        logits = self.head(self.norm_out(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return LMOutput(logits=logits, loss=loss, states=new_states if return_states else None)
+
+    # ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def recording(self):
+        """Within this context every block records gate share and raw branch activation variance."""
+        for layer in self.layers:
+            layer.record, layer.last_stats = True, {}
+        try:
+            yield [layer.last_stats for layer in self.layers]
+        finally:
+            for layer in self.layers:
+                layer.record = False
+
+    @contextmanager
+    def ablated(self, branch: str, layers: list[int] | None = None):
+        """Zero one branch's output (``"rwkv6"`` or ``"mamba2"``) in the given layers (default: all)."""
+        chosen = range(len(self.layers)) if layers is None else layers
+        touched = [self.layers[i] for i in chosen if branch in self.layers[i].branches]
+        for layer in touched:
+            layer.ablate.add(branch)
+        try:
+            yield
+        finally:
+            for layer in touched:
+                layer.ablate.discard(branch)
+
+    def branch_parameters(self, branch: str):
+        """Parameters of one branch kind (``rwkv6`` / ``mamba2`` / ``attention``) across all layers."""
+        return [p for n, p in self.named_parameters() if f".{branch}." in n]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
