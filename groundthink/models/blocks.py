@@ -82,16 +82,26 @@ class ParallelHybridBlock(Block):
         self.norm_mamba = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.fusion = build_fusion(cfg.fusion, cfg.hidden_size, cfg.gate_init)
         self.mamba_residual = cfg.mamba_residual
+        self.rwkv_dropout = cfg.rwkv_dropout
+        # Set by a balance-regularizing trainer: keep the mean gate of the last forward, with its graph.
+        self.keep_gate = False
+        self.gate_mean: torch.Tensor | None = None
 
     def mix(self, h, state):
         out_rwkv, state_rwkv = self.rwkv6(h, None if state is None else state["rwkv6"])
         out_mamba, state_mamba = self.mamba2(h, None if state is None else state["mamba2"])
         out_rwkv, out_mamba = self.branch("rwkv6", out_rwkv), self.branch("mamba2", out_mamba)
-        fused, gate = self.fusion(self.norm_rwkv(out_rwkv), self.norm_mamba(out_mamba))
+        rwkv_normed = self.norm_rwkv(out_rwkv)
+        if self.training and self.rwkv_dropout > 0:
+            keep = torch.rand(h.shape[0], 1, 1, device=h.device) >= self.rwkv_dropout
+            rwkv_normed = rwkv_normed * keep.to(rwkv_normed.dtype)
+        fused, gate = self.fusion(rwkv_normed, self.norm_mamba(out_mamba))
         if self.mamba_residual:
             fused = fused + self.mamba_residual * out_mamba
-        if self.record and gate is not None:
-            self.last_stats["gate_rwkv"] = gate.detach().float().mean()
+        if gate is not None:
+            if self.record:
+                self.last_stats["gate_rwkv"] = gate.detach().float().mean()
+            self.gate_mean = gate.float().mean() if self.keep_gate else None
         return fused, {"rwkv6": state_rwkv, "mamba2": state_mamba}
 
 

@@ -41,6 +41,9 @@ class ModelConfig:
     # Balance intervention (seeds' Q6): add Mamba's raw branch output straight to the residual stream
     # with this weight, besides the fusion. 0 = off.
     mamba_residual: float = 0.0
+    # Balance intervention (seeds' Obs. 11): during training, zero the RWKV-6 output of each sequence with
+    # this probability, so the model cannot lean on RWKV alone. 0 = off.
+    rwkv_dropout: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "n_layers", "rwkv_heads", "mamba_head_dim",
@@ -54,6 +57,8 @@ class ModelConfig:
                              f"use letters from {', '.join(LAYER_KINDS)} (e.g. 'P' or 'R M M R')")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion {self.fusion!r} is unknown; valid: {', '.join(FUSIONS)}")
+        if not 0.0 <= self.rwkv_dropout < 1.0:
+            raise ValueError(f"model.rwkv_dropout must be in [0, 1), got {self.rwkv_dropout}")
         if self.gate_init is not None and not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"model.gate_init must be in (0, 1), got {self.gate_init}")
 
