@@ -46,8 +46,9 @@ class GroundThinkLM(nn.Module):
         ``position_offset`` is only used by attention layers (the number of tokens already consumed).
         """
         batch, seq_len = input_ids.shape
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size) \
-                and not input_ids.is_cuda:
+        # Checked on CPU only: on CUDA the check would sync the host every call (and break CUDA graphs).
+        if not input_ids.is_cuda and input_ids.numel() \
+                and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         x = self.embed(input_ids)

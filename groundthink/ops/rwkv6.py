@@ -11,7 +11,8 @@ Recurrence (one step, ``scale = 1`` as in FLA's RWKV6Attention)::
 Three implementations of the same function:
 - ``rwkv6_recurrent_naive``: the step-by-step loop above (the reference; slow).
 - ``rwkv6_chunk_torch``: a chunked pure-PyTorch scan (CPU path; exact, every exponent <= 0).
-- ``rwkv6``: dispatch — FLA's Triton kernels on CUDA, the chunked scan elsewhere.
+- ``rwkv6_step``: one token (decoding), without the chunked scan's padding to a whole chunk.
+- ``rwkv6``: dispatch — FLA's Triton kernels on CUDA, the chunked scan (or the step for T = 1) elsewhere.
 """
 from __future__ import annotations
 
@@ -81,6 +82,20 @@ def rwkv6_chunk_torch(r, k, v, w, u, initial_state=None, chunk_size: int = 16):
     return o.to(dtype), state
 
 
+def rwkv6_step(r, k, v, w, u, initial_state=None):
+    """One token (``T == 1``) of the recurrence, same layout and result as ``rwkv6_recurrent_naive``."""
+    dtype = r.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    r, k, v, w = (t[:, 0].to(compute) for t in (r, k, v, w))                # [B, H, K] / [B, H, V]
+    batch, heads, K = r.shape
+    state = (r.new_zeros(batch, heads, K, v.shape[-1]) if initial_state is None
+             else initial_state.to(compute))
+    # r (S + diag(u) k^T v) = r S + (r . u k) v: no [K, V] outer product needed for the output.
+    out = (r.unsqueeze(-2) @ state).squeeze(-2) + (r * u.to(compute) * k).sum(-1, keepdim=True) * v
+    state = state * w.exp().unsqueeze(-1) + k.unsqueeze(-1) * v.unsqueeze(-2)
+    return out.unsqueeze(1).to(dtype), state
+
+
 def rwkv6(r, k, v, w, u, initial_state=None, output_final_state: bool = True):
     """RWKV-6 attention on any device: FLA's Triton kernels on CUDA, the chunked scan elsewhere."""
     if r.is_cuda and fla_available():
@@ -90,5 +105,7 @@ def rwkv6(r, k, v, w, u, initial_state=None, output_final_state: bool = True):
         kernel = fused_recurrent_rwkv6 if r.shape[1] <= 64 else chunk_rwkv6
         return kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
                       output_final_state=output_final_state)
+    if r.shape[1] == 1:  # decoding: one step instead of a chunk padded 16-fold
+        return rwkv6_step(r, k, v, w, u, initial_state)
     o, state = rwkv6_chunk_torch(r, k, v, w, u, initial_state)
     return o, state

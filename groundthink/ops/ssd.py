@@ -13,6 +13,7 @@ which is why FLA's ``chunk_simple_gla`` Triton kernel computes it on CUDA.
 
 - ``ssd_recurrent_naive``: the step-by-step loop (reference).
 - ``ssd_chunk_torch``: chunked pure-PyTorch scan (CPU path; every exponent <= 0).
+- ``ssd_step``: one token (decoding), on every device: a handful of small ops, no chunk machinery.
 - ``ssd``: dispatch — ``mamba_ssm`` if importable, else FLA's ``chunk_simple_gla`` on CUDA; the chunked
   scan elsewhere.
 """
@@ -78,8 +79,25 @@ def ssd_chunk_torch(x, dt, A, B, C, initial_state=None, chunk_size: int = 64):
     return y.to(dtype), state
 
 
+def ssd_step(x, dt, A, B, C, initial_state=None):
+    """One token (``T == 1``) of the recurrence, same layout and result as ``ssd_recurrent_naive``."""
+    dtype = x.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    x, dt, B, C = (t[:, 0].to(compute) for t in (x, dt, B, C))              # [B, H, P] / [B, H] / [B, H, N]
+    A = A.to(compute)
+    batch, heads, P = x.shape
+    state = (x.new_zeros(batch, heads, P, B.shape[-1]) if initial_state is None
+             else initial_state.to(compute))
+    decay = (dt * A).exp()[..., None, None]
+    state = state * decay + (dt.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(-2)
+    y = (state @ C.unsqueeze(-1)).squeeze(-1)
+    return y.unsqueeze(1).to(dtype), state
+
+
 def ssd(x, dt, A, B, C, initial_state=None):
     """SSD on any device. Returns ``(y, final_state)`` with state ``[B, H, P, N]``."""
+    if x.shape[1] == 1:  # decoding: the step beats any chunked kernel at one token
+        return ssd_step(x, dt, A, B, C, initial_state)
     if x.is_cuda:
         kernel = mamba_ssm_chunk_scan()
         if kernel is not None:
