@@ -1,0 +1,170 @@
+"""Prefill + recurrent decoding, sampling, and text streaming for any registry model.
+
+Recurrent models (RWKV-6 / Mamba-2 / hybrids) prefill the prompt with the chunked scans in pieces of
+``prefill_chunk`` tokens, carrying their states, then advance one token per step: memory is the same at
+any context length. The GPT baseline prefills in one call and decodes with its growing KV cache
+(``position_offset`` keeps its learned positions right).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import torch
+
+from groundthink.inference.sampling import check_sampling, sample_next_token
+from groundthink.inference.states import States, state_nbytes
+
+DEFAULT_PREFILL_CHUNK = 2048
+
+
+def has_attention(model) -> bool:
+    return any("attention" in layer.branches for layer in model.layers)
+
+
+class Decoder:
+    """The running states of a batch of sequences: ``prefill(ids)`` once, then ``step(tokens)`` per token.
+
+    ``cuda_graph=True`` replays each step as a CUDA graph (CUDA, attention-free models; captured at the
+    first step). ``compile=True`` also runs the step through ``torch.compile`` before capturing it, which
+    fuses the many small element-wise kernels of a step. If capture fails the decoder warns and stays
+    eager; ``graph_error`` says why.
+    """
+
+    def __init__(self, model, prefill_chunk: int | None = None, cuda_graph: bool = False,
+                 compile: bool = False):
+        self.model = model
+        self.attention = has_attention(model)
+        # A KV cache grows with the prompt either way, so attention models prefill in one call (SDPA's fused
+        # causal kernel); recurrent ones in pieces, so prefill memory is flat in the prompt length too.
+        self.prefill_chunk = prefill_chunk or (None if self.attention else DEFAULT_PREFILL_CHUNK)
+        self.want_graph = (cuda_graph or compile) and not self.attention
+        self.compile = compile
+        self.graph = None
+        self.graph_error: str | None = None
+        self.states: States | None = None
+        self.position = 0
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids, states=self.states, return_states=True, position_offset=self.position)
+        self.states, self.position = out.states, self.position + ids.shape[1]
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Consume ``ids [B, T]`` (T >= 1); returns the logits after the last token, ``[B, V]``."""
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"prefill needs token ids of shape [batch, T >= 1], got {tuple(ids.shape)}")
+        if self.graph is not None:  # continuing after graph decoding: take the states back
+            self.states, self.graph = self.graph.states, None
+        chunk = self.prefill_chunk or ids.shape[1]
+        for start in range(0, ids.shape[1], chunk):
+            logits = self._forward(ids[:, start:start + chunk])
+        return logits
+
+    def _capture(self) -> None:
+        from groundthink.inference.cuda_graph import CUDAGraphStep
+
+        self.want_graph = False  # one attempt
+        try:
+            self.graph = CUDAGraphStep(self.model, self.states, compile=self.compile)
+        except Exception as err:  # a kernel that cannot be captured: decode eagerly instead
+            self.graph, self.graph_error = None, f"{type(err).__name__}: {err}"
+            warnings.warn(f"CUDA graph capture failed, decoding eagerly ({self.graph_error})")
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Consume one token per sequence (``tokens [B]``); returns the next logits ``[B, V]``.
+
+        With a CUDA graph the returned tensor is overwritten by the next step: copy it to keep it.
+        """
+        if self.states is None:
+            raise RuntimeError("Decoder.step before prefill")
+        if self.want_graph and tokens.is_cuda:
+            self._capture()
+        if self.graph is not None:
+            self.position += 1
+            return self.graph(tokens)
+        return self._forward(tokens.view(-1, 1))
+
+    def current_states(self) -> States:
+        return self.graph.states if self.graph is not None else self.states
+
+    def state_nbytes(self) -> int:
+        return state_nbytes(self.current_states())
+
+
+def check_positions(model, prompt_len: int, max_new_tokens: int) -> None:
+    """Attention models have learned positions: prompt + generated tokens must fit in them."""
+    limit = model.config.max_position_embeddings
+    if model.pos_embed is not None and prompt_len + max_new_tokens > limit:
+        raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds this "
+                         f"attention model's max_position_embeddings ({limit}); shorten the prompt or "
+                         f"generate fewer tokens")
+
+
+def make_generator(seed: int | None, device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                    eos_token_id: int | None = None, prefill_chunk: int | None = None,
+                    cuda_graph: bool = False, compile: bool = False) -> Iterator[torch.Tensor]:
+    """Yield the sampled tokens ``[B]`` one at a time (streaming). ``prompt_ids: [B, T]`` or ``[T]``.
+
+    Stops after ``max_new_tokens`` or when every sequence has produced ``eos_token_id``.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    ids = prompt_ids.view(1, -1) if prompt_ids.ndim == 1 else prompt_ids
+    if ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: generation needs at least one prompt token")
+    check_positions(model, ids.shape[1], max_new_tokens)
+    was_training = model.training
+    model.eval()  # e.g. RWKV branch dropout is on in training mode
+    try:
+        decoder = Decoder(model, prefill_chunk=prefill_chunk, cuda_graph=cuda_graph, compile=compile)
+        logits = decoder.prefill(ids) if max_new_tokens else None
+        generator = make_generator(seed, ids.device)
+        for i in range(max_new_tokens):
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            yield token
+            if eos_token_id is not None and bool((token == eos_token_id).all()):
+                return
+            if i + 1 < max_new_tokens:
+                logits = decoder.step(token)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """Prompt followed by the generated tokens, ``[B, T + new]``. ``kwargs`` as ``generate_tokens``."""
+    ids = prompt_ids.view(1, -1) if prompt_ids.ndim == 1 else prompt_ids
+    new = list(generate_tokens(model, ids, max_new_tokens, **kwargs))
+    return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids.clone()
+
+
+def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, device=None, **kwargs) -> Iterator[str]:
+    """Yield the generated text piece by piece. ``tokenizer`` has ``encode(str) -> list[int]`` / ``decode``.
+
+    A piece is held back while it ends in an incomplete UTF-8 character (byte-level BPE can split one).
+    """
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise ValueError(f"the prompt {prompt!r} encodes to no tokens; give a non-empty prompt")
+    device = device or next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    pending: list[int] = []
+    for token in generate_tokens(model, ids, max_new_tokens, **kwargs):
+        pending.append(int(token[0]))
+        text = tokenizer.decode(pending)
+        if not text.endswith("\ufffd"):
+            yield text
+            pending = []
+    if pending:
+        yield tokenizer.decode(pending)
