@@ -1,0 +1,61 @@
+"""A run's ``metrics.jsonl``, read for the balance-over-training plot and for G3 (the run's own training).
+
+One JSON object per line, each with a ``step``. Train lines carry the train loss and the grad norm, eval
+lines ``val_loss`` and the balance metrics (``grad_ratio``, ``gate_rwkv``, ...). A torn last line (a run
+killed mid-write) is skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# The spellings a train line may use for its loss and grad norm.
+TRAIN_LOSS_KEYS = ("train_loss", "loss")
+GRAD_NORM_KEYS = ("grad_norm",)
+
+
+@dataclass
+class RunLog:
+    records: list[dict]
+
+    @classmethod
+    def read(cls, path) -> RunLog:
+        path = Path(path)
+        if not path.is_file():
+            return cls([])
+        records = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+                records.append(record)
+        return cls(records)
+
+    def series(self, *keys: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of the first of ``keys`` each record has as a finite-or-NaN number."""
+        steps, values = [], []
+        for record in self.records:
+            for key in keys:
+                value = record.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    steps.append(float(record["step"]))
+                    values.append(float(value))
+                    break
+        return steps, values
+
+    def train_losses(self) -> tuple[list[float], list[float]]:
+        return self.series(*TRAIN_LOSS_KEYS)
+
+    def grad_norms(self) -> tuple[list[float], list[float]]:
+        return self.series(*GRAD_NORM_KEYS)
+
+    def has(self, key: str) -> bool:
+        return bool(self.series(key)[0])
+
+    def last(self, key: str) -> float | None:
+        values = [v for v in self.series(key)[1] if not math.isnan(v)]
+        return values[-1] if values else None
