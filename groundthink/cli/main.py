@@ -14,6 +14,7 @@ from groundthink.errors import UserError
 # Subcommand name -> module that registers it.
 COMMANDS = {
     "models": "groundthink.cli.models",
+    "bench": "groundthink.cli.bench",
 }
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from groundthink.ops.norms import gated_rms_norm
+from groundthink.ops.shortconv import causal_conv1d_silu
 from groundthink.ops.ssd import ssd
 
 
@@ -90,12 +91,8 @@ class Mamba2(nn.Module):
             [self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
 
         # Causal depthwise convolution, continuing from the previous inputs when a state is given.
-        xBC = xBC.transpose(1, 2)                                           # [B, conv_dim, T]
-        history = (xBC.new_zeros(batch, self.conv_dim, self.conv_kernel_size - 1) if state is None
-                   else state.conv.to(xBC.dtype))
-        padded = torch.cat([history, xBC], dim=-1)
-        new_conv = padded[..., -(self.conv_kernel_size - 1):]
-        xBC = F.silu(F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+        xBC, new_conv = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                           None if state is None else state.conv)
         x, B, C = xBC.split([self.intermediate_size, self.n_groups * self.ssm_state_size,
                              self.n_groups * self.ssm_state_size], dim=-1)
 

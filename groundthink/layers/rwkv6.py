@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from groundthink.ops.norms import group_norm
 from groundthink.ops.rwkv6 import rwkv6
+from groundthink.ops.shortconv import token_shift_delta
 
 
 class RWKV6State(NamedTuple):
@@ -114,9 +115,7 @@ class RWKV6(nn.Module):
     def forward(self, hidden_states: torch.Tensor, state: RWKV6State | None = None):
         """``hidden_states: [B, T, D]`` -> ``(out [B, T, D], RWKV6State)``."""
         batch, seq_len, hidden = hidden_states.shape
-        previous = (F.pad(hidden_states, (0, 0, 1, -1)) if state is None
-                    else torch.cat([state.shift.unsqueeze(1).to(hidden_states.dtype), hidden_states[:, :-1]], dim=1))
-        delta = previous - hidden_states
+        delta = token_shift_delta(hidden_states, None if state is None else state.shift)
 
         mix = self.x_proj[0](hidden_states, delta).view(batch, seq_len, 5, self.proj_low_rank_dim)
         mix = torch.einsum("btnr,hnr->btnh", self.x_proj[1](mix),

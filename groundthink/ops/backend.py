@@ -38,3 +38,17 @@ def mamba_ssm_chunk_scan():
     except Exception:
         return None
     return mamba_chunk_scan_combined
+
+
+def fused_ops_wanted(x) -> bool:
+    """Use FLA's fused Triton kernels for the small ops around the scans (norms, short conv, token shift)?
+
+    Yes on CUDA when FLA is usable, except while ``torch.compile`` traces the model (Inductor fuses the
+    PyTorch versions into its own kernels, and an opaque Triton call would split its graph).
+    ``GROUNDTHINK_FUSED_OPS=0`` keeps the PyTorch versions on CUDA (to measure what the kernels buy).
+    """
+    if not x.is_cuda or os.environ.get("GROUNDTHINK_FUSED_OPS") == "0" or not fla_available():
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling()

@@ -1,20 +1,45 @@
-"""The two normalizations inside FLA's layers, in plain PyTorch (same math as FLA's ``*_ref``)."""
+"""The two normalizations inside FLA's layers.
+
+``group_norm`` / ``gated_rms_norm`` dispatch: FLA's fused Triton kernels on CUDA (one kernel forward, one
+backward, instead of ~6 each), the plain PyTorch versions (``*_torch``, same math as FLA's ``*_ref``)
+everywhere else and while ``torch.compile`` traces the model.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from groundthink.ops.backend import fused_ops_wanted
+
 
 def group_norm(x, weight, bias, num_groups: int, eps: float):
-    """FLA ``GroupNorm`` (LayerNorm within each head), over the last dim of ``x``."""
+    """FLA ``GroupNorm`` (LayerNorm within each head), over the last dim of ``x``; output in ``x.dtype``."""
+    if fused_ops_wanted(x):
+        from fla.modules.norm.layernorm import group_norm as fla_group_norm
+
+        return fla_group_norm(x, weight, bias, eps=eps, num_groups=num_groups)
+    return group_norm_torch(x, weight, bias, num_groups, eps)
+
+
+def gated_rms_norm(x, gate, weight, eps: float, group_size: int):
+    """FLA ``RMSNormGated`` (norm after the gate): RMSNorm(x * silu(gate)) * weight, per group."""
+    if fused_ops_wanted(x):
+        from fla.modules.norm.layernorm_gated import rmsnorm_fn
+
+        return rmsnorm_fn(x, weight, None, z=gate, eps=eps, group_size=group_size, norm_before_gate=False)
+    return gated_rms_norm_torch(x, gate, weight, eps, group_size)
+
+
+def group_norm_torch(x, weight, bias, num_groups: int, eps: float):
+    """``group_norm`` in PyTorch (the reference and the CPU path)."""
     shape = x.shape
     grouped = x.float().view(*shape[:-1], num_groups, shape[-1] // num_groups)
     out = F.layer_norm(grouped, grouped.shape[-1:], eps=eps).view(shape)
     return (out * weight + bias).to(x.dtype)
 
 
-def gated_rms_norm(x, gate, weight, eps: float, group_size: int):
-    """FLA ``RMSNormGated`` with ``norm_before_gate=False``: RMSNorm(x * silu(gate)) * weight, per group."""
+def gated_rms_norm_torch(x, gate, weight, eps: float, group_size: int):
+    """``gated_rms_norm`` in PyTorch (the reference and the CPU path)."""
     dtype = x.dtype
     h = x.float() * F.silu(gate.float())
     shape = h.shape

@@ -99,13 +99,18 @@ def rwkv6_step(r, k, v, w, u, initial_state=None):
 def rwkv6(r, k, v, w, u, initial_state=None, output_final_state: bool = True):
     """RWKV-6 attention on any device: FLA's Triton kernels on CUDA, the chunked scan elsewhere."""
     if r.is_cuda and fla_available():
-        from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
-
-        # FLA's own layer switches to the recurrent kernel for short inputs: it is faster there.
-        kernel = fused_recurrent_rwkv6 if r.shape[1] <= 64 else chunk_rwkv6
-        return kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
-                      output_final_state=output_final_state)
+        return _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state)
     if r.shape[1] == 1:  # decoding: one step instead of a chunk padded 16-fold
         return rwkv6_step(r, k, v, w, u, initial_state)
     o, state = rwkv6_chunk_torch(r, k, v, w, u, initial_state)
     return o, state
+
+
+@torch.compiler.disable  # opaque to torch.compile: its graph breaks here and resumes after the kernel
+def _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state):
+    from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
+
+    # FLA's own layer switches to the recurrent kernel for short inputs: it is faster there.
+    kernel = fused_recurrent_rwkv6 if r.shape[1] <= 64 else chunk_rwkv6
+    return kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
+                  output_final_state=output_final_state)

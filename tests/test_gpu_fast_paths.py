@@ -1,0 +1,216 @@
+"""The CUDA fast paths compute what the CPU path computes (run on the device machine: ``pytest -m gpu``).
+
+Each fused kernel (FLA's norms, short conv, token shift, the RWKV-6 and SSD scans) is compared with the
+PyTorch version of the same op, forward and gradients; whole models on CUDA with the CPU model; the captured
+(and the compiled) training step with the eager one. Inputs are fresh random draws, never zeros. Float32
+everywhere except where bf16 autocast is the claim. FLA's float32 dots run in TF32 (about 1e-3 relative),
+hence the tolerances. Every measured error is appended to $GROUNDTHINK_PARITY_LOG (JSON lines) when set.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+MODELS = ["GF-MH", "RWKV6", "MAMBA2", "GPT2"]
+SMALL = dict(vocab_size=65, hidden_size=64, n_layers=2, rwkv_heads=4, mamba_head_dim=32, mamba_state_size=32,
+             max_position_embeddings=256)
+
+
+def rel_err(actual, expected) -> float:
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.isfinite(actual).all()
+    return (torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected).clamp_min(1e-30)).item()
+
+
+def check(name: str, actual, expected, tol: float) -> None:
+    err = rel_err(actual, expected)
+    path = os.environ.get("GROUNDTHINK_PARITY_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"check": name, "rel_err": err, "tol": tol, "pass": err < tol}) + "\n")
+    assert err < tol, f"{name}: relative error {err:.3g} >= {tol}"
+
+
+def grads_of(fn, *tensors):
+    """Output of ``fn`` and the gradients of a fixed random projection of it, w.r.t. ``tensors``."""
+    tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*tensors)
+    first = out[0] if isinstance(out, tuple) else out
+    g = torch.Generator(device="cpu").manual_seed(123)
+    (first.float() * torch.randn(first.shape, generator=g).to(first.device)).sum().backward()
+    return first.detach(), [t.grad for t in tensors]
+
+
+def cuda(*tensors):
+    return [t.cuda() for t in tensors]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fused small ops == their PyTorch versions (same device, float32)
+
+def test_group_norm_kernel():
+    from groundthink.ops.norms import group_norm, group_norm_torch
+
+    x, w, b = cuda(torch.randn(3, 50, 64), 1 + 0.1 * torch.randn(64), 0.1 * torch.randn(64))
+    out, grads = grads_of(lambda *t: group_norm(*t, 4, 1e-5), x, w, b)
+    ref, ref_grads = grads_of(lambda *t: group_norm_torch(*t, 4, 1e-5), x, w, b)
+    check("group_norm.out", out, ref, 1e-5)
+    for name, g, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        check(f"group_norm.grad_{name}", g, r, 1e-4)
+
+
+def test_gated_rms_norm_kernel():
+    from groundthink.ops.norms import gated_rms_norm, gated_rms_norm_torch
+
+    x, z, w = cuda(torch.randn(3, 50, 128), torch.randn(3, 50, 128), 1 + 0.1 * torch.randn(128))
+    out, grads = grads_of(lambda *t: gated_rms_norm(*t, 1e-5, 64), x, z, w)
+    ref, ref_grads = grads_of(lambda *t: gated_rms_norm_torch(*t, 1e-5, 64), x, z, w)
+    check("gated_rms_norm.out", out, ref, 1e-5)
+    for name, g, r in zip(("x", "gate", "weight"), grads, ref_grads):
+        check(f"gated_rms_norm.grad_{name}", g, r, 1e-4)
+
+
+def test_causal_conv_kernel_on_a_strided_slice():
+    from groundthink.ops.shortconv import causal_conv1d_silu, causal_conv1d_silu_torch
+
+    # As in Mamba-2: the conv input is a column slice of the in_proj output (rows not contiguous).
+    wide, w, b = cuda(torch.randn(2, 70, 200), 0.3 * torch.randn(96, 4), 0.1 * torch.randn(96))
+
+    def run(op):
+        return lambda full, weight, bias: op(full[..., 40:136], weight, bias)
+
+    out, hist = causal_conv1d_silu(wide[..., 40:136], w, b)
+    ref_out, ref_hist = causal_conv1d_silu_torch(wide[..., 40:136], w, b)
+    check("causal_conv.out", out, ref_out, 1e-5)
+    assert torch.equal(hist, ref_hist)
+    _, grads = grads_of(run(causal_conv1d_silu), wide, w, b)
+    _, ref_grads = grads_of(run(causal_conv1d_silu_torch), wide, w, b)
+    for name, g, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        check(f"causal_conv.grad_{name}", g, r, 1e-4)
+
+
+def test_token_shift_kernel():
+    from groundthink.ops.shortconv import token_shift_delta, token_shift_delta_torch
+
+    (x,) = cuda(torch.randn(4, 33, 64))
+    out, (grad,) = grads_of(token_shift_delta, x)
+    ref, (ref_grad,) = grads_of(token_shift_delta_torch, x)
+    check("token_shift.out", out, ref, 1e-6)
+    check("token_shift.grad", grad, ref_grad, 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scans: FLA on CUDA == the chunked PyTorch scan on CPU (float64 reference)
+
+@pytest.mark.parametrize("T", [64, 200])  # 64: FLA's fused recurrent kernel; 200: its chunked kernels
+def test_rwkv6_scan(T):
+    from groundthink.ops.rwkv6 import rwkv6, rwkv6_chunk_torch
+
+    g = torch.Generator().manual_seed(T)
+    B, H, K, V = 2, 4, 16, 32
+    r, k = torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, K, generator=g)
+    v = torch.randn(B, T, H, V, generator=g)
+    w = -torch.exp(torch.randn(B, T, H, K, generator=g) - 1)
+    u, h0 = torch.randn(H, K, generator=g), torch.randn(B, H, K, V, generator=g)
+    out, grads = grads_of(lambda *t: rwkv6(*t), *cuda(r, k, v, w, u, h0))
+    ref, ref_grads = grads_of(lambda *t: rwkv6_chunk_torch(*t), *(t.double() for t in (r, k, v, w, u, h0)))
+    check(f"rwkv6_T{T}.out", out, ref, 2e-3)
+    for name, a, b in zip("rkvwuh", grads, ref_grads):
+        check(f"rwkv6_T{T}.grad_{name}", a, b, 5e-3)
+
+
+@pytest.mark.parametrize("T", [64, 200])
+def test_ssd_scan(T):
+    from groundthink.ops.ssd import ssd, ssd_chunk_torch
+
+    g = torch.Generator().manual_seed(T)
+    B, H, P, N = 2, 4, 32, 64
+    x = torch.randn(B, T, H, P, generator=g)
+    dt = torch.nn.functional.softplus(torch.randn(B, T, H, generator=g) - 1)
+    A = -torch.exp(torch.randn(H, generator=g))
+    Bm, Cm = 0.3 * torch.randn(B, T, H, N, generator=g), 0.3 * torch.randn(B, T, H, N, generator=g)
+    h0 = torch.randn(B, H, P, N, generator=g)
+    out, grads = grads_of(lambda *t: ssd(*t), *cuda(x, dt, A, Bm, Cm, h0))
+    ref, ref_grads = grads_of(lambda *t: ssd_chunk_torch(*t), *(t.double() for t in (x, dt, A, Bm, Cm, h0)))
+    check(f"ssd_T{T}.out", out, ref, 2e-3)
+    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, ref_grads):
+        check(f"ssd_T{T}.grad_{name}", a, b, 5e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole models and training steps
+
+def model_pair(key):
+    from groundthink.models import get_model
+
+    torch.manual_seed(0)
+    cpu = get_model(key, **SMALL).double()
+    gpu = get_model(key, **SMALL).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu
+
+
+def tokens(batch, seq, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, SMALL["vocab_size"], (batch, seq + 1), generator=g)
+    return data[:, :-1], data[:, 1:]
+
+
+@pytest.mark.parametrize("key", MODELS)
+@pytest.mark.parametrize("seq", [48, 160])
+def test_model_cuda_matches_cpu(key, seq):
+    cpu, gpu = model_pair(key)
+    inputs, targets = tokens(3, seq)
+    ref = cpu(inputs, targets=targets).loss
+    ref.backward()
+    loss = gpu(inputs.cuda(), targets=targets.cuda()).loss
+    loss.backward()
+    check(f"{key}_T{seq}.loss", loss, ref, 1e-3)
+    grads = torch.cat([p.grad.flatten() for p in gpu.parameters()])
+    ref_grads = torch.cat([p.grad.flatten() for p in cpu.parameters()])
+    check(f"{key}_T{seq}.grads", grads, ref_grads, 1e-2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        check(f"{key}_T{seq}.loss_bf16", gpu(inputs.cuda(), targets=targets.cuda()).loss, ref, 2e-2)
+
+
+# torch.compile takes a minute per model: the compiled step is checked on the hybrid only.
+@pytest.mark.parametrize("key,mode", [(key, "graph") for key in MODELS] + [("GF-MH", "compile")])
+def test_captured_step_matches_eager_step(key, mode):
+    from groundthink.training.cuda_graph import TrainStep, make_adamw
+
+    _, fast = model_pair(key)
+    _, slow = model_pair(key)
+    steps = {}
+    for name, model, graph in (("fast", fast, True), ("eager", slow, False)):
+        optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+        steps[name] = TrainStep(model, optimizer, 3, 48, accumulation=2, amp_dtype=None, cuda_graph=graph,
+                                compile=(mode == "compile" and graph), warmup_steps=2)
+    losses = {"fast": [], "eager": []}
+    for i in range(6):  # 2 eager warm-up steps, the capture, 3 replays
+        inputs, targets = tokens(6, 48, seed=i)
+        for name, step in steps.items():
+            out = step(inputs.view(2, 3, 48).cuda(), targets.view(2, 3, 48).cuda())
+            losses[name].append(out.loss.clone())
+    assert steps["fast"].graph is not None
+    check(f"{key}_{mode}_step.losses", torch.stack(losses["fast"]), torch.stack(losses["eager"]), 1e-4)
+    params = torch.cat([p.detach().flatten() for p in fast.parameters()])
+    ref_params = torch.cat([p.detach().flatten() for p in slow.parameters()])
+    check(f"{key}_{mode}_step.params", params, ref_params, 1e-4)
+
+
+def test_learning_rate_change_reaches_the_captured_step():
+    from groundthink.training.cuda_graph import TrainStep, make_adamw, set_lr
+
+    _, model = model_pair("GPT2")
+    optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+    step = TrainStep(model, optimizer, 3, 48, warmup_steps=1)
+    inputs, targets = (t.cuda() for t in tokens(3, 48))
+    for _ in range(3):
+        step(inputs, targets)
+    before = [p.detach().clone() for p in model.parameters()]
+    set_lr(optimizer, 0.0)
+    step(inputs, targets)  # lr 0 and weight decay * lr = 0: a replay must leave every parameter unchanged
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
