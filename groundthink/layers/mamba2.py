@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from groundthink.ops.norms import gated_rms_norm
+from groundthink.ops.norms import gated_rms_norm, upcast
 from groundthink.ops.shortconv import causal_conv1d_silu
 from groundthink.ops.ssd import ssd
 
@@ -96,8 +96,8 @@ class Mamba2(nn.Module):
         x, B, C = xBC.split([self.intermediate_size, self.n_groups * self.ssm_state_size,
                              self.n_groups * self.ssm_state_size], dim=-1)
 
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)   # [B, T, H]
-        A = -torch.exp(self.A_log.float())
+        dt = F.softplus(upcast(dt) + upcast(self.dt_bias)).clamp(*self.dt_limit)   # [B, T, H]
+        A = -torch.exp(upcast(self.A_log))
         heads_per_group = self.num_heads // self.n_groups
         x = x.reshape(batch, seq_len, self.num_heads, self.head_dim)
         B, C = (t.reshape(batch, seq_len, self.n_groups, self.ssm_state_size)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from groundthink.ops.norms import group_norm
+from groundthink.ops.norms import group_norm, upcast
 from groundthink.ops.rwkv6 import rwkv6
 from groundthink.ops.shortconv import token_shift_delta
 
@@ -130,7 +130,7 @@ class RWKV6(nn.Module):
         heads = (batch, seq_len, self.num_heads, -1)
         out, wkv = rwkv6(
             receptance.view(heads), key.view(heads), value.view(heads),
-            -torch.exp(log_decay.float()).view(heads), self.bonus,
+            -torch.exp(upcast(log_decay)).view(heads), self.bonus,
             initial_state=None if state is None else state.wkv,
         )
         out = group_norm(out.reshape(batch, seq_len, self.value_dim), self.g_norm.weight, self.g_norm.bias,

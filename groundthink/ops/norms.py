@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from groundthink.ops.backend import fused_ops_wanted
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32: half types are computed in float32, float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def group_norm(x, weight, bias, num_groups: int, eps: float):
     """FLA ``GroupNorm`` (LayerNorm within each head), over the last dim of ``x``; output in ``x.dtype``."""
     if fused_ops_wanted(x):
@@ -33,7 +38,7 @@ def gated_rms_norm(x, gate, weight, eps: float, group_size: int):
 def group_norm_torch(x, weight, bias, num_groups: int, eps: float):
     """``group_norm`` in PyTorch (the reference and the CPU path)."""
     shape = x.shape
-    grouped = x.float().view(*shape[:-1], num_groups, shape[-1] // num_groups)
+    grouped = upcast(x).view(*shape[:-1], num_groups, shape[-1] // num_groups)
     out = F.layer_norm(grouped, grouped.shape[-1:], eps=eps).view(shape)
     return (out * weight + bias).to(x.dtype)
 
@@ -41,8 +46,8 @@ def group_norm_torch(x, weight, bias, num_groups: int, eps: float):
 def gated_rms_norm_torch(x, gate, weight, eps: float, group_size: int):
     """``gated_rms_norm`` in PyTorch (the reference and the CPU path)."""
     dtype = x.dtype
-    h = x.float() * F.silu(gate.float())
+    h = upcast(x) * F.silu(upcast(gate))
     shape = h.shape
     grouped = h.view(*shape[:-1], shape[-1] // group_size, group_size)
     grouped = grouped * torch.rsqrt(grouped.square().mean(dim=-1, keepdim=True) + eps)
-    return (grouped.view(shape) * weight.float()).to(dtype)
+    return (grouped.view(shape) * upcast(weight)).to(dtype)
