@@ -236,9 +236,15 @@ def g3_short_training(probe: Probe) -> SuiteResult:
         losses, norms, source = logged_losses, logged_norms, f"the run's log ({len(logged_losses)} train lines)"
     else:
         trace = probe.training
-        if len(trace.losses) < 2:
-            return not_applicable("G3", "short training", "no run log and train_steps < 2")
+        if not trace.losses:
+            return not_applicable("G3", "short training", "no run log and train_steps = 0")
         losses, norms, source = trace.losses, trace.grad_norms, f"{len(trace.losses)}-step AdamW loop on a copy"
+    bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+    if bad or len(losses) < 2:
+        return SuiteResult("G3", "short training", FAIL if bad else NA, float("nan"),
+                           f"loss {fmt(losses[bad[0]])} at step {bad[0]}" if bad else "-",
+                           f"loss falls; |g| {T.G3_GRAD_NORM.describe()}",
+                           f"from {source}" + ("; a non-finite loss stops training" if bad else "; too few steps"))
     start, end = _window_mean(losses, True), _window_mean(losses, False)
     ratio = end / start if start > 0 and math.isfinite(start) else float("nan")
     grad_norm = statistics.median(norms[len(norms) // 2:])
