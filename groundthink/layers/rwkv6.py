@@ -81,8 +81,9 @@ class RWKV6(nn.Module):
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.key_dim, self.value_dim = round(key_dim), round(value_dim)
         if self.key_dim % num_heads or self.value_dim % num_heads:
-            raise ValueError(f"RWKV-6 num_heads={num_heads} must divide key dim {self.key_dim} "
-                             f"and value dim {self.value_dim}; pick a divisor of {self.key_dim}")
+            raise ValueError(f"RWKV-6 num_heads={num_heads} must divide key dim {self.key_dim} (hidden_size "
+                             f"{hidden_size} x expand_k {expand_k}) and value dim {self.value_dim}; pick heads "
+                             f"dividing {self.key_dim} or a hidden_size they divide")
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         self.proj_low_rank_dim = proj_low_rank_dim
         self.norm_eps = norm_eps
