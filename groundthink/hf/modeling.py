@@ -73,6 +73,25 @@ class GroundThinkForCausalLM(GroundThinkPreTrainedModel, GenerationMixin):
         hf_model.model.load_state_dict(model.state_dict())
         return hf_model.to(next(model.parameters()).device)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.own_cpu_memory()
+        return loaded
+
+    @torch.no_grad()
+    def own_cpu_memory(self) -> None:
+        """Move CPU parameters out of the memory-mapped safetensors file into fresh allocations.
+
+        Tensors mapped from the file sit at arbitrary offsets; CPU kernels vectorize differently at
+        unaligned addresses, which changes results in the last bit. Fresh (64-byte aligned) copies make a
+        loaded model compute exactly what the saved one did, and free the file.
+        """
+        for param in self.parameters():  # each once: the tied head shares the embedding's Parameter
+            if param.device.type == "cpu" and param.data_ptr() % 64:
+                param.data = param.data.clone()
+
     # Hugging Face's embedding accessors (resize, tying).
     def get_input_embeddings(self):
         return self.model.embed
@@ -132,6 +151,7 @@ class GroundThinkForCausalLM(GroundThinkPreTrainedModel, GenerationMixin):
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
                                                            num_new_tokens)
 
-    def _reorder_cache(self, state: GroundThinkCache, beam_idx: torch.LongTensor) -> GroundThinkCache:
-        state.reorder_cache(beam_idx)
+    def _reorder_cache(self, state: GroundThinkCache | None, beam_idx: torch.LongTensor):
+        if state is not None:  # None with use_cache=False
+            state.reorder_cache(beam_idx)
         return state

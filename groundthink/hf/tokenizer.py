@@ -31,7 +31,10 @@ def backend_tokenizer(tokenizer) -> Tokenizer:
 
 def single_token(backend: Tokenizer, text: str) -> str | None:
     """The token that encodes ``text`` alone, if there is exactly one."""
-    ids = backend.encode(text).ids
+    try:
+        ids = backend.encode(text).ids
+    except Exception:  # tokenizers' own error type: text outside a character vocabulary
+        return None
     return backend.id_to_token(ids[0]) if len(ids) == 1 else None
 
 
