@@ -288,16 +288,19 @@ def test_baselines_get_not_applicable_for_what_they_lack(corpus):
 # ---- G3 from a run log, and input validation -----------------------------------------------------
 
 def test_g3_reads_the_run_log(tmp_path, corpus):
-    lines = [{"step": s, "train_loss": 4.0 - s / 100, "grad_norm": 0.9, "lr": 3e-4} for s in range(10, 110, 10)]
-    lines.append({"step": 100, "val_loss": 3.2, "grad_ratio": 0.7, "gate_rwkv": 0.4})
+    lines = [{"kind": "train", "step": s, "loss": 4.0 - s / 100, "grad_norm": 0.9, "lr": 3e-4}
+             for s in range(10, 110, 10)]
+    lines.append({"kind": "eval", "step": 100, "val_loss": 3.2, "grad_ratio": 0.7, "gate_rwkv": 0.4})
+    lines.append({"kind": "summary", "step": 100, "loss": 9.9, "best_val_loss": 3.2})
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"step": 11')  # torn last line
     run_log = RunLog.read(log)
-    assert len(run_log.records) == 11 and run_log.last("grad_ratio") == 0.7
+    assert len(run_log.records) == 12 and run_log.last("grad_ratio") == 0.7
+    assert run_log.train_losses()[1][-1] == pytest.approx(3.0)  # the summary line is not a train line
     probe = Probe(get_model("GF-MH", **TINY), corpus[2], run_log=run_log, options=DiagnoseOptions(**FAST))
     g3 = run_suites(probe, [f for f in SUITES if f.suite_id == "G3"])[0]
     assert g3.status == "PASS" and "run's log" in g3.detail and "training" not in probe.__dict__
-    rising = [{"step": s, "train_loss": 3.0 + s / 100, "grad_norm": 0.9} for s in range(10, 110, 10)]
+    rising = [{"kind": "train", "step": s, "loss": 3.0 + s / 100, "grad_norm": 0.9} for s in range(10, 110, 10)]
     log.write_text("\n".join(json.dumps(line) for line in rising))
     probe = Probe(get_model("GF-MH", **TINY), corpus[2], run_log=RunLog.read(log), options=DiagnoseOptions(**FAST))
     assert run_suites(probe, [f for f in SUITES if f.suite_id == "G3"])[0].status == "FAIL"

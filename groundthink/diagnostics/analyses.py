@@ -58,8 +58,9 @@ def _state_variance(probe: Probe, inputs: torch.Tensor) -> dict[str, float]:
 
 @suite("EVO", "state evolution")
 def state_evolution(probe: Probe) -> SuiteResult:
-    """State response to input variety (the seeds' Task 59): one repeated token, two alternating tokens,
-    real text and uniform random tokens; the state should vary more for varied input than for one token."""
+    """State response to input variety (the seeds' Task 59): the spread of the final state's entries for one
+    repeated token, two alternating tokens, real text and uniform random tokens; and the state norm along the
+    long-context pass. A measurement without a verdict (thresholds.py says why)."""
     if not probe.recurrent:
         return not_applicable("EVO", "state evolution", "no recurrent branch (attention only)")
     count, length = 4, probe.seq_len
@@ -78,9 +79,9 @@ def state_evolution(probe: Probe) -> SuiteResult:
     norms = probe.long_pass["norms"]
     trajectory = {b: [_mean([v for v in window if v is not None]) for window in windows]
                   for b, windows in norms.items()}
-    return SuiteResult("EVO", "state evolution", T.STATE_EVOLUTION_VARIETY_RATIO.check(value), value,
-                       ", ".join(f"{SHORT_NAME[b]} {fmt(r)}x" for b, r in ratios.items()),
-                       "var(random)/var(repeated) > 1, else WARN",
+    return SuiteResult("EVO", "state evolution", INFO, value,
+                       "var(random)/var(repeated): " + ", ".join(f"{SHORT_NAME[b]} {fmt(r)}x" for b, r in ratios.items()),
+                       "- (see thresholds.py)",
                        "final-state element variance: " + "; ".join(
                            f"{kind} " + "/".join(fmt(v[b]) for b in probe.branches) for kind, v in variance.items()),
                        {"variance": variance, "ratio": ratios, "norm_trajectory": trajectory,
@@ -243,35 +244,33 @@ def beat_random(probe: Probe) -> SuiteResult:
 
 
 @suite("RLD", "reload identical")
-def reload_identical(probe: Probe, save=None, load=None) -> SuiteResult:
-    """Save the weights, build a fresh model of the same config, load them: the logits must be identical.
+def reload_identical(probe: Probe) -> SuiteResult:
+    """Load the weights into a fresh model of the same config: the logits must be bit-identical.
 
-    ``save(model, path)`` / ``load(path) -> model`` default to safetensors (``save_model`` / ``load_model``,
-    which handle the tied embedding) into a fresh model of ``type(model)(model.config)``.
+    With a run, the fresh model comes from the run's own checkpoint (``probe.reload``); otherwise the weights
+    go through a safetensors file (``save_model`` / ``load_model``, which handle the tied embedding).
     """
     from safetensors.torch import load_model, save_model
 
     model = probe.model
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.safetensors"
-        if save is None:
-            save_model(model, str(path))
-        else:
-            save(model, path)
-        if load is None:
+    if probe.reload is not None:
+        reloaded, how = probe.reload(), "the run's checkpoint loaded into a fresh model"
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "model.safetensors")
+            save_model(model, path)
             with torch.random.fork_rng(devices=[]):
                 reloaded = type(model)(model.config)
-            load_model(reloaded, str(path), device=str(probe.device))
-        else:
-            reloaded = load(path)
+            load_model(reloaded, path, device=str(probe.device))
+        how = "safetensors save -> fresh model of the config -> load"
     reloaded = reloaded.to(probe.device).eval()
     with torch.no_grad():
         logits = reloaded(probe.batch[0]).logits
     original = probe.output.logits
-    same_nan = torch.isnan(logits) == torch.isnan(original)
-    diff = float((logits - original).abs().nan_to_num(0.0).max()) if bool(same_nan.all()) else float("nan")
+    same_nan = bool((torch.isnan(logits) == torch.isnan(original)).all())
+    diff = float((logits - original).abs().nan_to_num(0.0).max()) if same_nan else float("nan")
     return SuiteResult("RLD", "reload identical", T.RELOAD_MAX_DIFF.check(diff), diff, f"max diff {fmt(diff)}",
-                       "bit-identical logits", "save -> fresh model of the config -> load -> same batch")
+                       "bit-identical logits", how + "; same batch")
 
 
 @suite("SPD", "speed")

@@ -122,7 +122,7 @@ def training_balance(run_log, path: Path) -> Path | None:
     figure = Figure(figsize=(6.5, 2.6 * len(panels)))
     for row, (key, label) in enumerate(panels):
         axes = figure.add_subplot(len(panels), 1, row + 1)
-        steps, values = run_log.series(key)
+        steps, values = run_log.eval_series(key)
         axes.plot(steps, values, marker=".")
         if key == "grad_ratio":
             axes.axhspan(T.G4_GRAD_RATIO.pass_lo, T.G4_GRAD_RATIO.pass_hi, color="green", alpha=0.12, label="G4 PASS")

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,8 +51,9 @@ class DiagnoseOptions:
 
 class Probe:
     def __init__(self, model, val_tokens: torch.Tensor | None = None, tokenizer=None,
-                 run_log: RunLog | None = None, options: DiagnoseOptions | None = None):
+                 run_log: RunLog | None = None, options: DiagnoseOptions | None = None, reload=None):
         self.model = model
+        self.reload = reload  # () -> the same weights loaded afresh (a run's checkpoint), for the reload check
         self.options = options or DiagnoseOptions()
         self.tokenizer = tokenizer
         self.run_log = run_log or RunLog([])
@@ -72,6 +74,10 @@ class Probe:
         if tokens is None:  # the seeds' own probes used uniform random tokens; loss numbers then mean little
             generator = torch.Generator().manual_seed(self.options.seed)
             return torch.randint(0, self.vocab_size, (max(need, 4096),), generator=generator)
+        if isinstance(tokens, np.ndarray):  # e.g. the trainer's memory-mapped uint16 / int32 token arrays
+            if not np.issubdtype(tokens.dtype, np.integer):
+                raise ValueError(f"validation tokens must be integer ids, got dtype {tokens.dtype}")
+            tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64).reshape(-1))
         tokens = torch.as_tensor(tokens).reshape(-1)
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise ValueError(f"validation tokens must be integer ids, got dtype {tokens.dtype}")

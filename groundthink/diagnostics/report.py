@@ -76,17 +76,18 @@ def balance_metrics(probe: Probe) -> dict:
 
 def diagnose(model, tokenizer=None, val_tokens=None, run_dir=None, out_dir=None,
              options: DiagnoseOptions | None = None, step: int | None = None,
-             suites=None, analyses=None) -> Diagnosis:
+             suites=None, analyses=None, reload=None) -> Diagnosis:
     """Run every suite (S0-S4, G1-G4, D1-D4) and analysis on ``model`` with ``val_tokens`` (1-D token ids;
     None = uniform random tokens, as the seeds' probes used). ``run_dir``: the run folder, whose
     ``metrics.jsonl`` feeds G3 and the balance-over-training plot. ``out_dir``: where report.md,
-    diagnosis.json and the PNG plots go (None: write nothing)."""
+    diagnosis.json and the PNG plots go (None: write nothing). ``reload``: ``() -> model`` loading the same
+    weights afresh (the run's checkpoint) for the reload check; default: a safetensors round trip."""
     options = options or DiagnoseOptions()
     run_log = RunLog.read(Path(run_dir) / "metrics.jsonl") if run_dir is not None else RunLog([])
     was_training = model.training
     model.eval()
     try:
-        probe = Probe(model, val_tokens, tokenizer=tokenizer, run_log=run_log, options=options)
+        probe = Probe(model, val_tokens, tokenizer=tokenizer, run_log=run_log, options=options, reload=reload)
         results = run_suites(probe, SUITES if suites is None else suites)
         results += run_suites(probe, ANALYSES if analyses is None else analyses)
         metrics = balance_metrics(probe)

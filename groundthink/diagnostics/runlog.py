@@ -1,8 +1,9 @@
 """A run's ``metrics.jsonl``, read for the balance-over-training plot and for G3 (the run's own training).
 
-One JSON object per line, each with a ``step``. Train lines carry the train loss and the grad norm, eval
-lines ``val_loss`` and the balance metrics (``grad_ratio``, ``gate_rwkv``, ...). A torn last line (a run
-killed mid-write) is skipped.
+One JSON object per line, each with a ``step`` and a ``kind``: ``train`` lines carry the train loss and
+the grad norm, ``eval`` lines ``val_loss`` and the balance metrics (``grad_ratio``, ``gate_rwkv``, ...),
+a ``summary`` line closes the run. A torn last line (a run killed mid-write) is skipped; a value the
+trainer could not write as a number (NaN is logged as null) is skipped too.
 """
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ class RunLog:
                 records.append(record)
         return cls(records)
 
-    def series(self, *keys: str) -> tuple[list[float], list[float]]:
-        """(steps, values) of the first of ``keys`` each record has as a finite-or-NaN number."""
+    def series(self, *keys: str, kind: str | None = None) -> tuple[list[float], list[float]]:
+        """(steps, values) of the first of ``keys`` that each record (of ``kind``, if given) has as a number."""
         steps, values = [], []
         for record in self.records:
+            if kind is not None and record.get("kind", kind) != kind:
+                continue
             for key in keys:
                 value = record.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -48,14 +51,17 @@ class RunLog:
         return steps, values
 
     def train_losses(self) -> tuple[list[float], list[float]]:
-        return self.series(*TRAIN_LOSS_KEYS)
+        return self.series(*TRAIN_LOSS_KEYS, kind="train")
 
     def grad_norms(self) -> tuple[list[float], list[float]]:
-        return self.series(*GRAD_NORM_KEYS)
+        return self.series(*GRAD_NORM_KEYS, kind="train")
+
+    def eval_series(self, key: str) -> tuple[list[float], list[float]]:
+        return self.series(key, kind="eval")
 
     def has(self, key: str) -> bool:
-        return bool(self.series(key)[0])
+        return bool(self.eval_series(key)[0])
 
     def last(self, key: str) -> float | None:
-        values = [v for v in self.series(key)[1] if not math.isnan(v)]
+        values = [v for v in self.eval_series(key)[1] if not math.isnan(v)]
         return values[-1] if values else None

@@ -136,9 +136,11 @@ RELOAD_MAX_DIFF = Band(0.0, 0.0, source="seed 004 Task 46")
 # (seed 004: RWKV 99.9% / Mamba 0.1% = IMBALANCE).
 ABLATION_INTERACTION_RATIO = Band(0.0, 5.0, warn_hi=10.0, source="seed test_ablation.py; tools/thresholds.py")
 
-# State evolution: seed project tests/test_state_evolution.py (Task 59): PASS if the state varies more for
-# varied input than for one repeated token, else WARN.
-STATE_EVOLUTION_VARIETY_RATIO = Band(1.0 + 1e-9, math.inf, warn_lo=-math.inf, source="seed test_state_evolution.py")
+# State evolution: no verdict (INFO). The seed's Task 59 rule (PASS if the state's entries spread more for
+# random tokens than for one repeated token) was made on a proxy state. On the real RWKV-6 wkv state a
+# repeated token adds the same k v^T at every step, a coherent sum whose entries spread *more* than a random
+# input's, so the rule would WARN on healthy models (measured: ratio 0.29 for RWKV, 0.06 for Mamba on a tiny
+# GF-MH after 20 trainer steps). GroundThink reports the numbers and the state-norm trajectory instead.
 
 # Long context: seed project tools/thresholds.py 'lc_degradation_64_512' (Task 60): perplexity at the
 # longest / at the training length, PASS <= 1.5, FAIL >= 3.0 (WARN between). Seed 004: 1.04x at 512.
