@@ -14,6 +14,8 @@ from groundthink.errors import UserError
 # Subcommand name -> module that registers it.
 COMMANDS = {
     "models": "groundthink.cli.models",
+    "generate": "groundthink.cli.generate",
+    "export": "groundthink.cli.export",
     "bench": "groundthink.cli.bench",
 }
 

@@ -149,22 +149,40 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> 
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids.clone()
 
 
-def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, device=None, **kwargs) -> Iterator[str]:
-    """Yield the generated text piece by piece. ``tokenizer`` has ``encode(str) -> list[int]`` / ``decode``.
+class TextStream:
+    """Turns tokens into text pieces as they come. A piece is held back while it ends in an incomplete UTF-8
+    character (byte-level BPE can split one across tokens)."""
 
-    A piece is held back while it ends in an incomplete UTF-8 character (byte-level BPE can split one).
-    """
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd"):
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text, self.pending = (self.tokenizer.decode(self.pending) if self.pending else ""), []
+        return text
+
+
+def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, device=None, **kwargs) -> Iterator[str]:
+    """Yield the generated text piece by piece. ``tokenizer`` has ``encode(str) -> list[int]`` / ``decode``;
+    ``kwargs`` as ``generate_tokens``."""
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         raise ValueError(f"the prompt {prompt!r} encodes to no tokens; give a non-empty prompt")
     device = device or next(model.parameters()).device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    pending: list[int] = []
+    stream = TextStream(tokenizer)
     for token in generate_tokens(model, ids, max_new_tokens, **kwargs):
-        pending.append(int(token[0]))
-        text = tokenizer.decode(pending)
-        if not text.endswith("\ufffd"):
-            yield text
-            pending = []
-    if pending:
-        yield tokenizer.decode(pending)
+        piece = stream.push(int(token[0]))
+        if piece:
+            yield piece
+    rest = stream.flush()
+    if rest:
+        yield rest

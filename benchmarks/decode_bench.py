@@ -1,0 +1,181 @@
+"""Batch-1 decoding: tokens/s and memory against context length, recurrent hybrid vs GPT with a KV cache.
+
+For each model and context length: prefill a random context, then decode ``--new-tokens`` greedy tokens one
+at a time, and record prefill time, decode tokens/s, the size of the carried state (recurrent state or KV
+cache) and, on CUDA, the peak memory of prefill and of decoding. Recurrent models are measured in each of
+``--modes``: ``eager``, ``graph`` (CUDA graph of the step) and ``compile`` (torch.compile + CUDA graph);
+the graph modes need CUDA and are skipped on CPU. The GPT baseline always decodes eagerly (its KV cache
+grows, so its step cannot be one fixed graph).
+
+    python benchmarks/decode_bench.py --json decode.json                 # GPU: contexts 1K, 8K, 64K
+    python benchmarks/decode_bench.py --small --json decode_cpu.json     # CPU: short contexts, few tokens
+
+A case that fails (out of memory, a capture error) is recorded with its error and the run goes on. In graph
+modes, the first steps are checked against eager decoding from the same state (``max_abs_diff_vs_eager``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from groundthink.inference.generate import Decoder, has_attention  # noqa: E402
+from groundthink.inference.states import map_states  # noqa: E402
+from groundthink.models import get_model  # noqa: E402
+
+CHECK_STEPS = 4
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["GF-MH", "GPT2"])
+    parser.add_argument("--contexts", nargs="+", type=int, default=None,
+                        help="context lengths (default 1024 8192 65536; with --small 128 512 2048)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens (default 512; --small 32)")
+    parser.add_argument("--warmup", type=int, default=8, help="decode steps before timing")
+    parser.add_argument("--modes", nargs="+", default=["eager", "graph", "compile"],
+                        choices=["eager", "graph", "compile"])
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--n-layers", type=int, default=8)
+    parser.add_argument("--vocab-size", type=int, default=65)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--small", action="store_true", help="CPU-sized run: short contexts, few tokens")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    args.contexts = args.contexts or ([128, 512, 2048] if args.small else [1024, 8192, 65536])
+    args.new_tokens = args.new_tokens or (32 if args.small else 512)
+    return args
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bytes(device):
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def build(key, context, args, device, dtype):
+    torch.manual_seed(0)
+    settings = dict(vocab_size=args.vocab_size, hidden_size=args.hidden_size, n_layers=args.n_layers)
+    if key.upper() == "GPT2":  # learned positions must cover the context and every decoded token
+        settings["max_position_embeddings"] = context + args.warmup + args.new_tokens + CHECK_STEPS + 1
+    return get_model(key, **settings).to(device=device, dtype=dtype).eval()
+
+
+def run_case(key, context, mode, args, device, dtype) -> dict:
+    record = {"model": key, "context": context, "mode": mode}
+    model = build(key, context, args, device, dtype)
+    record["params"] = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, args.vocab_size, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
+    decoder = Decoder(model, cuda_graph=mode == "graph", compile=mode == "compile")
+
+    reset_peak(device)
+    sync(device)
+    start = time.perf_counter()
+    logits = decoder.prefill(ids)
+    sync(device)
+    record["prefill_s"] = time.perf_counter() - start
+    record["prefill_peak_bytes"] = peak_bytes(device)
+
+    token = logits.argmax(-1)
+    if mode != "eager":  # the same steps eagerly, from a copy of the same state: graph replay must agree
+        eager = Decoder(model)
+        eager.states, eager.position = map_states(torch.clone, decoder.states), decoder.position
+        diff, check_token = 0.0, token
+        for _ in range(CHECK_STEPS):
+            fast = decoder.step(check_token).clone()
+            reference = eager.step(check_token)
+            diff = max(diff, (fast.float() - reference.float()).abs().max().item())
+            check_token = reference.argmax(-1)
+        record["max_abs_diff_vs_eager"] = diff
+        record["graph_error"] = decoder.graph_error
+        del eager
+    setup = time.perf_counter()
+    for _ in range(args.warmup):  # graph capture / compilation happens in the first step
+        token = decoder.step(token).argmax(-1)
+    sync(device)
+    record["warmup_s"] = time.perf_counter() - setup
+
+    reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(args.new_tokens):
+        token = decoder.step(token).argmax(-1)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    record["decode_tok_s"] = args.new_tokens / elapsed
+    record["decode_ms_per_token"] = 1000 * elapsed / args.new_tokens
+    record["decode_peak_bytes"] = peak_bytes(device)
+    record["state_bytes"] = decoder.state_nbytes()
+    record["cuda_graph"] = decoder.graph is not None
+    return record
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = getattr(torch, args.dtype)
+    results = []
+    for key in args.models:
+        recurrent = not has_attention(build(key, 16, args, "cpu", torch.float32))
+        modes = [m for m in args.modes if m == "eager" or (recurrent and device.type == "cuda")]
+        for context in args.contexts:
+            for mode in modes:
+                try:
+                    record = run_case(key, context, mode, args, device, dtype)
+                except Exception as err:  # noqa: BLE001 - record it (OOM, capture failure) and go on
+                    record = {"model": key, "context": context, "mode": mode, "error": f"{type(err).__name__}: {err}"}
+                results.append(record)
+                print(format_row(record), flush=True)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    report = {
+        "benchmark": "decode_bench",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def mib(n):
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def format_row(r: dict) -> str:
+    head = f"{r['model']:>8} ctx {r['context']:>6} {r['mode']:>7}"
+    if "error" in r:
+        return f"{head}  ERROR {r['error'][:160]}"
+    extra = ""
+    if "max_abs_diff_vs_eager" in r:
+        extra = f"  graph={r['cuda_graph']} diff={r['max_abs_diff_vs_eager']:.1e}"
+        if r.get("graph_error"):
+            extra += f" ({r['graph_error'][:80]})"
+    return (f"{head}  prefill {r['prefill_s']:7.2f}s  decode {r['decode_tok_s']:8.1f} tok/s  "
+            f"state {mib(r['state_bytes'])} MiB  peak prefill/decode {mib(r['prefill_peak_bytes'])}/"
+            f"{mib(r['decode_peak_bytes'])} MiB{extra}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
