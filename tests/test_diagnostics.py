@@ -331,3 +331,21 @@ def test_ablation_metrics_on_a_sequential_stack():
     ids = torch.randint(0, 65, (2, 16))
     result = ablation_metrics(model, ids, ids)
     assert result["loss_without_rwkv"] != result["loss"] and result["loss_without_mamba"] != result["loss"]
+
+
+def test_every_registry_model_is_diagnosed_without_a_crash():
+    """Every suite and analysis runs on every registered model: what a model lacks is N/A, nothing raises."""
+    from groundthink.models import REGISTRY
+
+    options = DiagnoseOptions(seq_len=16, batch_size=4, long_sequences=2, variety_samples=3, train_steps=2,
+                              train_batch_size=2, overfit_steps=0)
+    balance = {"G4", "D3", "D4", "ABL", "GC", "TOK"}
+    for key in REGISTRY:
+        torch.manual_seed(0)
+        model = get_model(key, **{**TINY, "n_layers": 3})
+        result = diagnose(model, None, None, None, None, options)
+        assert not [r for r in result.results if r.detail.startswith("error:")], key
+        hybrid = {"rwkv6", "mamba2"} <= {b for layer in model.layers for b in layer.branches}
+        for r in result.results:
+            if r.id in balance:
+                assert (r.status == "N/A") == (not hybrid), (key, r)

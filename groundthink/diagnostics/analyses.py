@@ -18,7 +18,7 @@ import torch
 from groundthink.diagnostics import thresholds as T
 from groundthink.diagnostics.metrics import BRANCHES, SHORT_NAME, ablation_share, branch_state
 from groundthink.diagnostics.probe import Probe
-from groundthink.diagnostics.suites import SuiteResult, fmt, not_applicable, run_suites, suite
+from groundthink.diagnostics.suites import SuiteResult, fmt, not_applicable, run_suites, signed, suite
 from groundthink.diagnostics.thresholds import FAIL, INFO, PASS, WARN
 from groundthink.diagnostics.training_loop import train_copy
 
@@ -40,7 +40,7 @@ def component_ablation(probe: Probe) -> SuiteResult:
     shown = ", ".join("-" if s is None else f"{s:.0%}" for s in layer_shares)
     return SuiteResult("ABL", "component ablation", T.ABLATION_INTERACTION_RATIO.check(ratio), ratio,
                        f"ratio {fmt(ratio)}", "larger/smaller increase " + T.ABLATION_INTERACTION_RATIO.describe(),
-                       f"all layers: rwkv +{fmt(overall['rwkv6'])}, mamba +{fmt(overall['mamba2'])} nats; "
+                       f"all layers: rwkv {signed(overall['rwkv6'])}, mamba {signed(overall['mamba2'])} nats; "
                        f"Mamba share per layer: {shown}",
                        {"overall": overall, "per_layer": per_layer, "mamba_share_per_layer": layer_shares})
 
@@ -198,8 +198,8 @@ def token_types(probe: Probe) -> SuiteResult:
     most = max(table.items(), key=lambda kv: kv[1]["increase_mamba"])
     return SuiteResult("TOK", "per-token-type", INFO, most[1]["increase_mamba"],
                        f"Mamba matters most: {most[0]}", "-",
-                       "; ".join(f"{name} (n={row['count']}): mamba +{fmt(row['increase_mamba'])}, "
-                                 f"rwkv +{fmt(row['increase_rwkv'])}" for name, row in table.items()),
+                       "; ".join(f"{name} (n={row['count']}): mamba {signed(row['increase_mamba'])}, "
+                                 f"rwkv {signed(row['increase_rwkv'])}" for name, row in table.items()),
                        {"classes": table})
 
 

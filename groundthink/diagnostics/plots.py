@@ -113,19 +113,26 @@ def loss_by_position(long_context: dict, evolution: dict | None, path: Path) -> 
 
 
 def training_balance(run_log, path: Path) -> Path | None:
-    """From the run's metrics.jsonl: val loss, grad_ratio (with G4's band) and gate_rwkv over training."""
-    panels = [(key, label) for key, label in (("val_loss", "val loss"), ("grad_ratio", "grad_ratio"),
-                                              ("gate_rwkv", "gate_rwkv"))
-              if run_log.has(key)]
+    """From the run's metrics.jsonl: val loss, grad_ratio (with G4's band), gate_rwkv and the branches'
+    activation variances over training."""
+    panels = [(keys, label) for keys, label in ((("val_loss",), "val loss"), (("grad_ratio",), "grad_ratio"),
+                                                (("gate_rwkv",), "gate_rwkv"),
+                                                (("act_var_rwkv", "act_var_mamba"), "activation variance"))
+              if any(run_log.has(key) for key in keys)]
     if not panels:
         return None
     figure = Figure(figsize=(6.5, 2.6 * len(panels)))
-    for row, (key, label) in enumerate(panels):
+    for row, (keys, label) in enumerate(panels):
         axes = figure.add_subplot(len(panels), 1, row + 1)
-        steps, values = run_log.eval_series(key)
-        axes.plot(steps, values, marker=".")
-        if key == "grad_ratio":
+        for key in keys:
+            steps, values = run_log.eval_series(key)
+            short = key.rsplit("_", 1)[-1]
+            axes.plot(steps, values, marker=".", label=short if len(keys) > 1 else None, color=COLORS.get(short))
+        if keys == ("grad_ratio",):
             axes.axhspan(T.G4_GRAD_RATIO.pass_lo, T.G4_GRAD_RATIO.pass_hi, color="green", alpha=0.12, label="G4 PASS")
+        if len(keys) > 1 and any(v > 0 for k in keys for v in _finite(run_log.eval_series(k)[1])):
+            axes.set_yscale("log")
+        if axes.get_legend_handles_labels()[0]:
             axes.legend()
         axes.set(xlabel="step", ylabel=label)
     figure.suptitle("Balance over training")

@@ -70,6 +70,7 @@ def balance_metrics(probe: Probe) -> dict:
         metrics["ablation_share_mamba"] = None if share is None else share["mamba"]
         layer_shares = [ablation_share(layer["rwkv6"], layer["mamba2"]) if len(layer) == 2 else None
                         for layer in probe.layer_ablation]
+        metrics["ablation_share_rwkv_per_layer"] = [None if s is None else s["rwkv"] for s in layer_shares]
         metrics["ablation_share_mamba_per_layer"] = [None if s is None else s["mamba"] for s in layer_shares]
     return metrics
 

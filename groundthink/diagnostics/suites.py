@@ -47,6 +47,10 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
 
 
+def signed(value: float) -> str:
+    return fmt(value) if value < 0 else "+" + fmt(value)
+
+
 def worst(*statuses: str) -> str:
     order = {PASS: 0, WARN: 1, FAIL: 2}
     return max(statuses, key=lambda s: order.get(s, -1))
@@ -324,7 +328,7 @@ def d3_component_balance(probe: Probe) -> SuiteResult:
     share = ablation_share(increases["rwkv6"], increases["mamba2"])
     shares = {"rwkv6": 0.0, "mamba2": 0.0} if share is None else {"rwkv6": share["rwkv"], "mamba2": share["mamba"]}
     value = min(shares.values())
-    detail = ", ".join(f"{SHORT_NAME[b]} +{fmt(increases[b])} nats" for b in BRANCHES)
+    detail = ", ".join(f"{SHORT_NAME[b]} {signed(increases[b])} nats" for b in BRANCHES)
     if share is None:
         detail += " (zeroing either branch does not raise the loss)"
     return SuiteResult("D3", "component balance", T.D3_MIN_ABLATION_SHARE.check(value), value,

@@ -40,15 +40,20 @@ class Band:
         return WARN if warn_lo <= value <= warn_hi else FAIL
 
     def describe(self) -> str:
-        """Short text for the table, e.g. ``PASS [0.3, 3]; WARN [0.1, 10]`` or ``PASS [0.5, 1.5], else WARN``."""
+        """Short text for the table: ``PASS [0.3, 3]; WARN [0.1, 10]``, ``PASS [2, 5]; WARN > 5``, ..."""
         text = f"PASS {_interval(self.pass_lo, self.pass_hi)}"
-        if self.warn_lo is None and self.warn_hi is None:
-            return text
         lo = self.pass_lo if self.warn_lo is None else self.warn_lo
         hi = self.pass_hi if self.warn_hi is None else self.warn_hi
+        below, above = lo < self.pass_lo, hi > self.pass_hi
         if lo == -math.inf and hi == math.inf:
             return text + ", else WARN"
-        return text + f"; WARN {_interval(lo, hi)}"
+        if below and above:
+            return text + f"; WARN {_interval(lo, hi)}"
+        if below:
+            return text + (f"; WARN < {self.pass_lo:g}" if lo == -math.inf else f"; WARN [{lo:g}, {self.pass_lo:g})")
+        if above:
+            return text + (f"; WARN > {self.pass_hi:g}" if hi == math.inf else f"; WARN ({self.pass_hi:g}, {hi:g}]")
+        return text
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -125,7 +130,7 @@ OVERFIT_WARN_FRACTION = 0.5   # final <= 0.5 x initial -> WARN
 # Beat a random model: seed project test_tiny_graduation.py (Task 44): val loss below ln(vocab), the loss
 # of uniform guessing (seed 004: 37.9% better). GroundThink wants at least 1% better for a PASS, so a model
 # at initialization (loss ~ ln V) cannot pass by noise.
-BEAT_RANDOM_IMPROVEMENT = Band(0.01, math.inf, warn_lo=1e-12, source="seed Task 44; margin: GroundThink")
+BEAT_RANDOM_IMPROVEMENT = Band(0.01, math.inf, warn_lo=0.0, source="seed Task 44; margin: GroundThink")
 
 # Checkpoint reload identical: seed 004 (Task 46, "identical reload"): logits after a save/load round trip
 # equal the original's exactly.
