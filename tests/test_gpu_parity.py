@@ -1,0 +1,57 @@
+"""GPU parity as assertions: the comparisons of ``benchmarks/gpu_parity.py`` (FLA's layers vs ours, our CUDA
+kernels vs our PyTorch scans, GF-MH on CUDA vs CPU; float32 and bf16), one test per comparison.
+
+Marked ``gpu``: skipped without CUDA. The dry run (imports, module construction) is checked everywhere.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_parity.py"
+
+
+def load_script():
+    pytest.importorskip("triton")
+    pytest.importorskip("fla")
+    spec = importlib.util.spec_from_file_location("gpu_parity", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_parity = load_script()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("label, fn, kwargs", gpu_parity.plan(), ids=[case[0] for case in gpu_parity.plan()])
+def test_gpu_parity(label, fn, kwargs):
+    checks = fn(**kwargs)
+    assert checks
+    failures = gpu_parity.summarize(checks)["failures"]
+    assert not failures, f"{label}: " + "; ".join(failures)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
+def test_script_without_cuda(capsys):
+    assert gpu_parity.main(["--dry-run"]) == 0
+    assert "CUDA is missing" in capsys.readouterr().out
+    assert gpu_parity.main([]) == 2  # a real run needs CUDA: one-line error, status 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is missing" in err[0]
+
+
+def test_check_pass_rules():
+    # The pass rule of the report: relative error, or (for gradients) error against the typical entry.
+    expected = torch.tensor([1.0, -1.0, 2.0])
+    ok = gpu_parity.check("g", "t", "fp32", expected + 1e-4, expected, tol=1e-3)
+    bad = gpu_parity.check("g", "t", "fp32", expected + 1e-1, expected, tol=1e-3)
+    assert ok["passed"] and not bad["passed"] and bad["max_abs"] == pytest.approx(0.1)
+    tiny = torch.tensor([1e-3, -1e-3])  # a near-cancelled gradient among entries of size ~1
+    assert not gpu_parity.check("g", "t", "fp32", tiny + 1e-4, tiny, tol=1e-2)["passed"]
+    assert gpu_parity.check("g", "t", "fp32", tiny + 1e-4, tiny, tol=1e-2, typical=1.0)["passed"]
+    nan = gpu_parity.check("g", "t", "fp32", torch.tensor([float("nan"), 0.0]), tiny, tol=1e9, typical=1.0)
+    assert not nan["passed"]
+    missing = gpu_parity.check("g", "t", "fp32", None, tiny, tol=1.0)
+    assert not missing["passed"] and "missing" in missing["error"]
