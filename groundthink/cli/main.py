@@ -16,6 +16,8 @@ COMMANDS = {
     "models": "groundthink.cli.models",
     "generate": "groundthink.cli.generate",
     "export": "groundthink.cli.export",
+    "train": "groundthink.cli.train",
+    "eval": "groundthink.cli.eval",
     "bench": "groundthink.cli.bench",
 }
 

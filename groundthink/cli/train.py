@@ -1,0 +1,97 @@
+"""``groundthink train``: train a registered model; ``--resume RUN_DIR`` continues a run exactly."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from groundthink.errors import UserError
+
+# Common flags and the config field each one sets (the seeds' spellings --batch_size / --seq_len work too).
+FLAG_FIELDS = {"model": "model.key", "steps": "train.steps", "batch_size": "train.batch_size",
+               "seq_len": "train.seq_len", "data": "data.source", "device": "train.device", "seed": "train.seed"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model (no arguments: GF-MH on the offline recall corpus, ~1-2 min on a CPU)",
+        description="Train a registered model. Settings: defaults < --config YAML < flags < --set.")
+    parser.add_argument("--config", metavar="YAML", help="a preset such as configs/shakespeare-char.yaml")
+    parser.add_argument("--model", metavar="KEY", help="registry key (groundthink models lists them)")
+    parser.add_argument("--steps", metavar="N")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", metavar="N")
+    parser.add_argument("--seq-len", "--seq_len", dest="seq_len", metavar="N")
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="a text file, a folder, or recall | shakespeare | wikitext-2 | wikitext-103")
+    parser.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--seed", metavar="N")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/MODEL-DATA-TIME)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config field, e.g. --set train.lr=1e-3 (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def flag_overrides(args) -> list[str]:
+    return [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None]
+
+
+def build_config(args):
+    """The run's config and folder, from the flags (new run) or from the run folder (``--resume``)."""
+    from groundthink.training.config import config_from_dict, load_config, read_yaml
+
+    overrides = flag_overrides(args) + list(args.overrides)
+    if not args.resume:
+        config = load_config(args.config, overrides)
+        return config, Path(args.out) if args.out else default_run_dir(config)
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); --resume takes a folder written by "
+                        f"groundthink train")
+    if args.config:
+        raise UserError("--config cannot be combined with --resume: a run keeps its own config.yaml; change "
+                        "training settings with --set train.KEY=VALUE")
+    if args.out and Path(args.out).resolve() != run_dir.resolve():
+        raise UserError("--out cannot be combined with --resume: the run continues in its own folder")
+    saved = config_from_dict(read_yaml(run_dir / "config.yaml"), origin=str(run_dir / "config.yaml"))
+    if args.model is not None and args.model != saved.model.key:
+        raise UserError(f"run {run_dir} trained model {saved.model.key!r}, not {args.model!r}; drop --model to "
+                        f"resume it, or start a new run with --out")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "model.key" and value == saved.model.key:
+            continue
+        if key == "data.source" and value == saved.data.source:
+            continue
+        if not key.startswith("train."):
+            raise UserError(f"{key} cannot change when resuming (the checkpoint depends on it); only train.* "
+                            f"settings can, e.g. --steps or --set train.lr=...")
+    overrides = [o for o in overrides if o.startswith("train.")]
+    return load_config(None, overrides, base=saved), run_dir
+
+
+def default_run_dir(config) -> Path:
+    source = config.data.source
+    name = source if "/" not in source and "." not in source else Path(source).stem or "data"
+    return Path("runs") / f"{config.model.key}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(args) -> int:
+    from groundthink.training.trainer import Trainer
+
+    config, run_dir = build_config(args)
+    trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    summary = trainer.fit()
+    if summary["status"] == "interrupted":
+        return 128 + (signal.SIGTERM if summary.get("signal") == "SIGTERM" else signal.SIGINT)
+    best = summary.get("best_val_loss")
+    final = summary.get("final", {})
+    line = f"{summary['status']}: step {summary['step']}"
+    if best is not None:
+        line += f", best val loss {best:.4f} (ppl {summary['best_val_ppl']:.2f}) at step {summary['best_step']}"
+    if final.get("recall_acc") is not None:
+        line += f", recall accuracy {final['recall_acc']:.1%}"
+    if summary.get("tok_per_s"):
+        line += f", {summary['tok_per_s']:,.0f} tok/s"
+    print(f"{line}; run folder {run_dir}")
+    return 0

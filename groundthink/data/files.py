@@ -1,0 +1,70 @@
+"""Reading user text files with clear errors, and writing files atomically."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from groundthink.errors import UserError
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+
+
+def read_text_file(path) -> str:
+    """A UTF-8 text file's contents; missing, empty or non-UTF-8 files are a ``UserError``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file {path} not found; pass an existing file or folder with --data "
+                        f"(or a named source: recall, shakespeare, wikitext-2, wikitext-103)")
+    if not path.is_file():
+        raise UserError(f"data path {path} is not a regular file; pass a text file or a folder of .txt files")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UserError(f"data file {path} is empty; pass a file with text in it")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"data file {path} is not UTF-8 text (invalid byte at offset {err.start}); "
+                        f"convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def text_files_in(folder) -> list[Path]:
+    """The text files of a folder (recursively, sorted, hidden entries skipped)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise UserError(f"data folder {folder} has no text files ({', '.join(TEXT_SUFFIXES)}); "
+                        f"pass a folder that has some, or a single file")
+    return files
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    A reader (or a crash at any moment) sees either the old file or the complete new one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,7 @@
+"""Training: configuration, optimizer and schedule, the trainer, checkpoints and run folders."""
+from groundthink.training.checkpoint import LoadedRun, load_run
+from groundthink.training.config import Config, DataConfig, ModelSection, TrainConfig, load_config
+from groundthink.training.trainer import Trainer, TrainerHook, TrainingDiverged
+
+__all__ = ["Config", "DataConfig", "ModelSection", "TrainConfig", "load_config", "Trainer", "TrainerHook",
+           "TrainingDiverged", "LoadedRun", "load_run"]

@@ -1,0 +1,207 @@
+"""Checkpoints and run folders.
+
+Layout of a run folder::
+
+    RUN_DIR/config.yaml            resolved configuration (model key + every model field, data, train)
+    RUN_DIR/tokenizer.json         the tokenizer (char or BPE), reloadable with load_tokenizer
+    RUN_DIR/metrics.jsonl          one JSON object per line: kind train / eval / summary
+    RUN_DIR/summary.json           the final summary
+    RUN_DIR/checkpoints/step_0000100/model.safetensors     weights
+                                    /trainer_state.pt      optimizer, schedule, sampler, RNG states
+                                    /meta.json             step, val loss, model key
+    RUN_DIR/checkpoints/latest     pointer: the name of the newest complete checkpoint
+    RUN_DIR/checkpoints/best       pointer: the checkpoint with the best val loss
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when complete; pointers
+are rewritten atomically after that; old checkpoints are renamed away before being deleted. So at any
+moment (SIGKILL included) every ``step_*`` folder is complete and the pointers name existing ones.
+Loading never unpickles arbitrary objects: weights are safetensors, trainer state loads with
+``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from groundthink.data.files import atomic_write_text, fsync_dir
+from groundthink.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+META = "meta.json"
+POINTERS = ("latest", "best")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def checkpoints_dir(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in (WEIGHTS, STATE, META))
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step_*") if is_complete(p))
+
+
+def read_pointer(run_dir, which: str) -> Path | None:
+    """The checkpoint a pointer names, if the pointer exists and names a complete checkpoint."""
+    pointer = checkpoints_dir(run_dir) / which
+    if not pointer.is_file():
+        return None
+    target = checkpoints_dir(run_dir) / pointer.read_text(encoding="utf-8").strip()
+    return target if is_complete(target) else None
+
+
+def set_pointer(run_dir, which: str, checkpoint: Path) -> None:
+    atomic_write_text(checkpoints_dir(run_dir) / which, checkpoint.name + "\n")
+
+
+def save_checkpoint(run_dir, step: int, model: torch.nn.Module, state: dict, meta: dict) -> Path:
+    """Write ``checkpoints/step_XXXXXXX`` atomically and return its path (pointers are the caller's)."""
+    folder = checkpoints_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    tmp = folder / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / WEIGHTS))
+    torch.save(state, tmp / STATE)
+    (tmp / META).write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=1), encoding="utf-8")
+    for name in (WEIGHTS, STATE, META):
+        with open(tmp / name, "rb+") as f:
+            os.fsync(f.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again (e.g. interrupted right after a resume)
+        remove_checkpoint(final)
+    tmp.rename(final)
+    fsync_dir(folder)
+    return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Rename out of the ``step_*`` namespace first, so a crash mid-delete leaves no partial checkpoint."""
+    trash = path.with_name(f".trash-{path.name}-{time.time_ns()}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints and whatever a pointer names; delete the others."""
+    kept = {p for p in (read_pointer(run_dir, which) for which in POINTERS) if p is not None}
+    complete = list_checkpoints(run_dir)
+    kept.update(complete[-keep_last:])
+    for path in complete:
+        if path not in kept:
+            remove_checkpoint(path)
+
+
+def clean_partial(run_dir) -> None:
+    """Remove leftovers of writes or deletes that a crash interrupted."""
+    folder = checkpoints_dir(run_dir)
+    if folder.is_dir():
+        for leftover in list(folder.glob(".tmp-*")) + list(folder.glob(".trash-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    try:
+        load_model(model, str(Path(checkpoint) / WEIGHTS), strict=True, device=str(next(model.parameters()).device))
+    except (RuntimeError, ValueError, OSError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise UserError(f"checkpoint {checkpoint} does not fit this model ({first}); it was written by another "
+                        f"model or configuration — resume it with its own config.yaml") from None
+
+
+def load_state(checkpoint: Path) -> dict:
+    try:
+        return torch.load(Path(checkpoint) / STATE, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a trainer state we wrote
+        raise UserError(f"trainer state in {checkpoint} is unreadable ({type(err).__name__}); "
+                        f"resume from another checkpoint folder") from None
+
+
+def read_meta(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / META).read_text(encoding="utf-8"))
+
+
+def resume_checkpoint(run_dir) -> Path:
+    """The checkpoint ``--resume`` continues from: ``latest``, else the newest complete one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} not found; --resume takes a folder written by groundthink train")
+    found = read_pointer(run_dir, "latest") or (list_checkpoints(run_dir) or [None])[-1]
+    if found is None:
+        raise UserError(f"run folder {run_dir} has no complete checkpoint to resume from; start a new run "
+                        f"(without --resume, or with another --out)")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a trained run for evaluation, diagnostics and generation.
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module       # GroundThinkLM in eval mode, on the CPU
+    tokenizer: object            # encode(str) -> list[int], decode(list[int]) -> str, vocab_size
+    config: object               # groundthink.training.config.Config (resolved)
+    step: int
+    run_dir: Path
+    checkpoint: Path
+
+
+def find_run(path) -> tuple[Path, Path | None]:
+    """``(run_dir, checkpoint or None)`` from a run folder or one of its checkpoint folders."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return path.parent.parent, path
+    if (path / "config.yaml").is_file():
+        return path, None
+    raise UserError(f"{path} is neither a run folder (with config.yaml) nor a checkpoint folder "
+                    f"(with {WEIGHTS}); pass a folder written by groundthink train")
+
+
+def load_run(path, which: str = "best") -> LoadedRun:
+    """Load a run's model (eval mode, CPU), tokenizer and resolved config.
+
+    ``path`` is a run folder (then ``which`` picks the ``best`` or ``last`` checkpoint; ``best`` falls back
+    to the last when the run never evaluated) or a checkpoint folder.
+    """
+    from groundthink.data.tokenizers import load_tokenizer
+    from groundthink.models.model import GroundThinkLM
+    from groundthink.training.config import config_from_dict, read_yaml
+
+    if which not in ("best", "last"):
+        raise UserError(f"which must be 'best' or 'last', got {which!r}")
+    run_dir, checkpoint = find_run(path)
+    if checkpoint is None:
+        checkpoint = read_pointer(run_dir, "best") if which == "best" else None
+        checkpoint = checkpoint or read_pointer(run_dir, "latest") or (list_checkpoints(run_dir) or [None])[-1]
+        if checkpoint is None:
+            raise UserError(f"run folder {run_dir} has no complete checkpoint yet; train it (or resume it) first")
+    if not is_complete(checkpoint):
+        raise UserError(f"checkpoint {checkpoint} is incomplete; use another checkpoint of the run")
+    config = config_from_dict(read_yaml(run_dir / "config.yaml"), origin=str(run_dir / "config.yaml")).validate()
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    model = GroundThinkLM(config.model_config(tokenizer.vocab_size))
+    load_weights(model, checkpoint)
+    model.eval()
+    return LoadedRun(model=model, tokenizer=tokenizer, config=config, step=int(read_meta(checkpoint)["step"]),
+                     run_dir=run_dir, checkpoint=checkpoint)
