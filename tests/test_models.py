@@ -258,3 +258,27 @@ def test_overfits_one_batch(key):
     final = model(inputs, targets=targets).loss.item()
     assert abs(initial - math.log(16)) < 0.2
     assert final < OVERFIT_BOUND, f"{key}: {initial:.3f} -> {final:.3f}"
+
+
+def test_float64_model_computes_in_float64():
+    # Half types are upcast to float32 inside; float64 must stay float64 end to end (the exact checks rely on it).
+    model = tiny("GF-MH").double()
+    ids = torch.randint(0, 29, (1, 9))
+    out = model(ids, targets=ids, return_states=True)
+    assert out.logits.dtype == out.loss.dtype == torch.float64
+    assert out.states[0]["rwkv6"].wkv.dtype == out.states[0]["mamba2"].ssm.dtype == torch.float64
+
+
+def test_config_round_trip_and_bad_input():
+    from groundthink.models import ModelConfig
+
+    cfg = tiny("SEQ-RMMR").config
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "hidden": 3})
+    with pytest.raises(ValueError, match="layer kinds"):
+        get_model("GF", layers="P X", **TINY)
+    with pytest.raises(ValueError, match="token ids"):
+        tiny("GF")(torch.tensor([[0, 29]]))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        tiny("GPT2", max_position_embeddings=8)(torch.zeros(1, 9, dtype=torch.long))

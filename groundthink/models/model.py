@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from groundthink.models.blocks import BLOCKS
 from groundthink.models.config import ModelConfig
+from groundthink.ops.norms import upcast
 
 
 @dataclass
@@ -65,7 +66,7 @@ class GroundThinkLM(nn.Module):
         logits = self.head(self.norm_out(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            loss = F.cross_entropy(upcast(logits).view(-1, logits.size(-1)), targets.reshape(-1))
         return LMOutput(logits=logits, loss=loss, states=new_states if return_states else None)
 
     # ----------------------------------------------------------------------------------------------
