@@ -175,7 +175,7 @@ def test_diagnose_runs_every_suite_and_the_healthy_ones_pass(diagnosis):
         assert status[suite_id] == "PASS", (suite_id, result.result(suite_id))
     assert status["G3"] in ("PASS", "WARN")  # the loss fell in the AdamW loop; WARN only on the grad norm
     assert result.result("G3").data["loss_end"] < result.result("G3").data["loss_start"]
-    assert result.result("S4").data["continuation_error"] <= 1e-4  # S4 may WARN on the seeds' variance ratio
+    assert result.result("S4").data["continuation_error"] <= 1e-5  # S4 may WARN on the seeds' variance ratio
     for r in result.results:
         assert r.status in T.STATUSES
         if r.status in ("PASS", "WARN", "FAIL"):

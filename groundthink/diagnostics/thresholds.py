@@ -76,9 +76,11 @@ S1_STATE_NORM = Band(1e-3, 1e3, warn_lo=-math.inf, warn_hi=math.inf, source="see
 S2_RELATIVE_STATE_DIFF = Band(0.01, math.inf, source="seed test_tiny_graduation.py S2 (made relative)")
 
 # S4 (state persistence): a sequence fed in two pieces with the state carried over must give the logits of
-# the whole sequence. The seed's S3 determinism test used 1e-5 on states; GroundThink uses 1e-4 relative to
-# the largest logit, because the chunked scans group float32 sums differently (measured ~1e-6 on CPU).
-S4_CONTINUATION_ERROR = Band(0.0, 1e-4, source="GroundThink (seed test_tiny_graduation.py S3 used 1e-5)")
+# the whole sequence (max |difference| / max |logit|). The seed's S3 determinism test used 1e-5 on states.
+# GroundThink: measured 3e-7 on CPU float32 and 0.8-1.1 when the state is dropped instead of carried (tiny
+# models at init, every kind of mixer), so PASS <= 1e-3 and WARN <= 1e-2 leave room for GPU kernels that
+# sum in another order or in TF32 while a broken hand-off still FAILs by two orders of magnitude.
+S4_CONTINUATION_ERROR = Band(0.0, 1e-3, warn_hi=1e-2, source="GroundThink (seed test_tiny_graduation.py S3: 1e-5)")
 # S4's balance half: seed project test_tiny_graduation.py S4 warns when the RWKV/Mamba state variance
 # ratio is > 100 or < 0.01 (seed 004 reports S4 WARN at 108,583x); it never fails on it.
 S4_STATE_VARIANCE_RATIO = Band(0.01, 100.0, warn_lo=-math.inf, warn_hi=math.inf,
