@@ -202,3 +202,75 @@ def test_empty_prompt_is_refused():
     with pytest.raises(ValueError, match="empty"):
         list(stream_text(tiny_model("GF-MH"), CharTokenizer("ab"), "", max_new_tokens=3))
     assert state_nbytes([]) == 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command line, on a run folder written by the trainer.
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    pytest.importorskip("groundthink.training.checkpoint")
+    from groundthink.cli.main import main
+
+    root = tmp_path_factory.mktemp("cli")
+    text = root / "text.txt"
+    text.write_text("ROMEO: But, soft! what light through yonder window breaks?\n" * 40)
+    tiny = ["model.hidden_size=32", "model.n_layers=2", "model.mamba_head_dim=16", "model.rwkv_heads=2",
+            "model.mamba_state_size=16", "train.eval_every=3", "train.eval_windows=2", "train.progress=false",
+            "train.tensorboard=false", f"data.cache_dir={root / 'cache'}"]
+    argv = ["train", "--model", "GF-MH", "--data", str(text), "--steps", "3", "--batch-size", "2", "--seq-len", "16",
+            "--device", "cpu", "--out", str(root / "run")]
+    assert main(argv + [arg for item in tiny for arg in ("--set", item)]) == 0
+    return root / "run"
+
+
+def cli(capsys, *argv):
+    from groundthink.cli.main import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_generate_streams_seeded_text(run_dir, capsys):
+    from groundthink.training.checkpoint import load_run
+
+    settings = ["--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50",
+                "--top-p", "0.95", "--seed", "0"]
+    code, first, err = cli(capsys, "generate", str(run_dir), *settings)
+    assert code == 0 and "30 tokens" in err
+    assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 30 + 1  # char level, final newline
+    assert cli(capsys, "generate", str(run_dir), *settings)[1] == first
+    assert cli(capsys, "generate", str(run_dir), *settings[:-1], "1")[1] != first
+    # The same text as the library call on the loaded run.
+    loaded = load_run(run_dir)
+    expected = "".join(stream_text(loaded.model, loaded.tokenizer, "ROMEO:", 30, temperature=0.8, top_k=50,
+                                   top_p=0.95, seed=0))
+    assert first == "ROMEO:" + expected + "\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "1.5"], "top_p"),
+    (["--max-new-tokens", "0"], "max-new-tokens"),
+    (["--prompt", "€"], "vocabulary"),
+])
+def test_cli_generate_bad_input_is_one_line(run_dir, capsys, argv, message):
+    code, out, err = cli(capsys, "generate", str(run_dir), *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_export_writes_a_folder_that_loads_exactly(run_dir, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import groundthink.hf  # noqa: F401 - registers the Auto classes
+    from groundthink.training.checkpoint import load_run
+
+    code, out, _ = cli(capsys, "export", str(run_dir), str(tmp_path / "hf"))
+    assert code == 0 and "model.safetensors" in out
+    loaded, exported = load_run(run_dir), AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([loaded.tokenizer.encode("ROMEO: But")])
+    with torch.no_grad():
+        assert torch.equal(exported(ids).logits, loaded.model(ids).logits)
+    code, _, err = cli(capsys, "export", str(run_dir), str(tmp_path / "hf"))
+    assert code == 2 and "not empty" in err

@@ -21,8 +21,11 @@ def run(args) -> int:
         from groundthink.hf import export_hf
     except ImportError as err:
         raise UserError(f"export needs the Hugging Face extra ({err}): pip install -e \".[hf]\"") from None
+    from transformers.utils import logging as hf_logging
+
     from groundthink.training.checkpoint import load_run
 
+    hf_logging.disable_progress_bar()  # one summary line instead of per-shard progress bars
     loaded = load_run(args.run_dir, which=args.checkpoint)
     try:
         out = export_hf(loaded.model, loaded.tokenizer, args.out_dir, eos_token=args.eos_token,
