@@ -18,6 +18,7 @@ COMMANDS = {
     "export": "groundthink.cli.export",
     "train": "groundthink.cli.train",
     "eval": "groundthink.cli.eval",
+    "diagnose": "groundthink.cli.diagnose",
     "bench": "groundthink.cli.bench",
 }
 
