@@ -1,7 +1,8 @@
 """A short, real optimizer loop on a copy of the model: G3 (short training), gradient coupling, overfit.
 
-AdamW with the SPEC §3 defaults (lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on matrices only, gradient
-clipping 1.0). The model being diagnosed is never touched: the loop trains a deep copy.
+AdamW with the SPEC §3 defaults (lr 3e-4, betas (0.9, 0.95), weight decay 0.1, gradient clipping 1.0) and
+the trainer's parameter groups, at a constant learning rate. The model being diagnosed is never touched:
+the loop trains a deep copy.
 """
 from __future__ import annotations
 
@@ -76,11 +77,10 @@ def _branch_grad_norm(model, branch: str) -> float:
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, SPEC §3 betas; no weight decay on vectors (norms, biases, gains, gates)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    """AdamW with the trainer's parameter groups (SPEC §3 betas; no decay on norms, biases, gains, gates)."""
+    from groundthink.training.optim import parameter_groups
+
+    return torch.optim.AdamW(parameter_groups(model, lr, weight_decay), lr=lr, betas=(0.9, 0.95))
 
 
 def train_copy(model, next_batch, steps: int, lr: float = 3e-4, weight_decay: float = 0.1, clip: float = 1.0,
