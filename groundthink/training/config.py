@@ -19,6 +19,7 @@ import yaml
 from groundthink.data.config import DataConfig
 from groundthink.errors import UserError
 from groundthink.models.config import ModelConfig
+from groundthink.training.interventions_config import InterventionsConfig
 
 # The size of the default model: small enough that `groundthink train` learns visibly on a 2-core CPU in
 # under two minutes. Presets in configs/ set their own sizes.
@@ -103,10 +104,11 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    interventions: InterventionsConfig = field(default_factory=InterventionsConfig)  # balance hooks, off
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train)}
+                "train": dataclasses.asdict(self.train), "interventions": dataclasses.asdict(self.interventions)}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -134,6 +136,7 @@ class Config:
         try:
             self.data.validate()
             self.train.validate()
+            self.interventions.validate()
         except ValueError as err:
             raise UserError(one_line(err)) from None
         self.model_config(self.model.settings.get("vocab_size"))  # checks the model settings
@@ -143,7 +146,7 @@ class Config:
 # --------------------------------------------------------------------------------------------------
 # Building a Config from dicts, YAML files and `key=value` overrides.
 
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("model", "data", "train", "interventions")
 
 
 def config_from_dict(data: dict, base: Config | None = None, origin: str = "config") -> Config:

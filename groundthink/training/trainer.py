@@ -107,6 +107,8 @@ class Trainer:
         self.model_config = config.model_config(self.tokenizer.vocab_size)
         self.config = copy.deepcopy(config)
         self.config.model.settings = self.model_config.to_dict()
+        from groundthink.training.interventions import intervention_hooks  # here: it imports this module
+        self.hooks = intervention_hooks(self.config.interventions, self.model_config) + self.hooks
 
         torch.manual_seed(tc.seed)  # the same initial weights on every rank and every rerun
         self.model = GroundThinkLM(self.model_config).to(self.device)

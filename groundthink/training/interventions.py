@@ -1,0 +1,176 @@
+"""Balance interventions as trainer hooks (the seeds' attempts to make Mamba count, and new ones).
+
+Switched on by the ``interventions`` config section (``interventions_config.py``); the trainer builds
+them with ``intervention_hooks`` and runs them with any hooks it was given.
+
+* ``BalanceLoss``: a penalty when RWKV's share leaves a target band, either the fusion's mean gate
+  (``gate``) or RWKV's share of the fused output's magnitude (``share``).
+* ``GateFreeze``: the fusion parameters receive no updates for the first N steps (seed 001's "frozen gates").
+* ``MambaGradScale``: multiply every ``mamba2.*`` gradient before clipping (seed 000, Observation 10).
+
+Branch dropout (``model.rwkv_dropout``), Mamba added straight to the residual (``model.mamba_residual``) and
+``train.mamba_lr_mult`` are model / optimizer settings and need no hook.
+"""
+from __future__ import annotations
+
+import torch
+
+from groundthink.errors import UserError
+from groundthink.layers.fusion import (ConcatProjectFusion, GainFusion, GatedFusion, ResidualFusion,
+                                       WeightedSumFusion)
+from groundthink.training.interventions_config import InterventionsConfig
+from groundthink.training.trainer import TrainerHook
+
+
+def fused_layers(model) -> list:
+    """The parallel hybrid blocks (the layers that have a fusion module)."""
+    return [layer for layer in model.layers if hasattr(layer, "fusion")]
+
+
+def fusion_parts(fusion, r: torch.Tensor, m: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each branch adds to the fused output: ``fused = part_r + part_m`` for every fusion kind."""
+    if isinstance(fusion, GatedFusion):
+        return gate * r, (1.0 - gate) * m
+    if isinstance(fusion, GainFusion):
+        return fusion.gain_rwkv * r, fusion.gain_mamba * m
+    if isinstance(fusion, WeightedSumFusion):
+        return fusion.weight_rwkv * r, (1.0 - fusion.weight_rwkv) * m
+    if isinstance(fusion, ResidualFusion):
+        return r, fusion.scale_mamba * m
+    if isinstance(fusion, ConcatProjectFusion):
+        d = r.shape[-1]
+        weight = fusion.proj.weight
+        return r @ weight[:, :d].t(), m @ weight[:, d:].t()
+    raise TypeError(f"no decomposition for fusion {type(fusion).__name__}")
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.float().pow(2).mean().sqrt()
+
+
+def band_distance(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """How far ``x`` lies outside ``[low, high]`` (0 inside)."""
+    return torch.relu(low - x) + torch.relu(x - high)
+
+
+class BalanceLoss(TrainerHook):
+    """``loss += weight * mean_layers(band_distance(rwkv_share)^2)``.
+
+    ``target="gate"``: the share is the fusion's mean gate (``block.gate_mean``, kept with its graph when
+    ``block.keep_gate`` is set). ``target="share"``: RWKV's share of the fused output's RMS, read by a
+    forward hook on each fusion module; unlike the gate it also sees the branch norms' learned gains, so
+    a gate pushed into the band cannot be undone by a larger RWKV norm weight.
+    """
+
+    def __init__(self, weight: float, target: str, low: float, high: float):
+        self.weight, self.target, self.low, self.high = weight, target, low, high
+        self.shares: list[torch.Tensor] = []
+        self.handles = []
+        self.last_penalty: torch.Tensor | None = None
+        self.last_share: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        layers = fused_layers(trainer.model)
+        if self.target == "gate":
+            for layer in layers:
+                layer.keep_gate = True
+        elif not self.handles:
+            self.handles = [layer.fusion.register_forward_hook(self._record_share) for layer in layers]
+
+    def _record_share(self, fusion, inputs, output) -> None:
+        if not (fusion.training and torch.is_grad_enabled()):
+            return  # evaluation passes add no penalty
+        part_r, part_m = fusion_parts(fusion, *inputs, output[1])
+        size_r, size_m = rms(part_r), rms(part_m)
+        self.shares.append(size_r / (size_r + size_m).clamp_min(1e-12))
+
+    def current_shares(self, trainer) -> list[torch.Tensor]:
+        if self.target == "gate":
+            return [layer.gate_mean for layer in fused_layers(trainer.model) if layer.gate_mean is not None]
+        shares, self.shares = self.shares, []
+        return shares
+
+    def extra_loss(self, trainer, output) -> torch.Tensor | None:
+        shares = self.current_shares(trainer)
+        if not shares:
+            return None
+        share = torch.stack(shares)
+        penalty = band_distance(share, self.low, self.high).pow(2).mean()
+        self.last_penalty, self.last_share = penalty.detach(), share.detach().mean()
+        return self.weight * penalty
+
+    def on_eval(self, trainer, record: dict) -> None:
+        if self.last_penalty is not None:  # read only here: the one host sync of this hook
+            record["balance_penalty"] = float(self.last_penalty)
+            record[f"balance_{self.target}_rwkv"] = float(self.last_share)
+
+
+class GateFreeze(TrainerHook):
+    """No updates for the fusion parameters during the first ``steps`` optimizer steps.
+
+    While frozen they do not require gradients, so AdamW skips them entirely (no moments, no step count):
+    at step ``steps`` they start training as if new. Decided from ``trainer.step`` alone, so a resumed run
+    freezes exactly as an uninterrupted one.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    @staticmethod
+    def parameters(model) -> list[torch.nn.Parameter]:
+        return [p for layer in fused_layers(model) for p in layer.fusion.parameters()]
+
+    def on_step_start(self, trainer) -> None:
+        frozen = trainer.step < self.steps
+        for param in self.parameters(trainer.model):
+            param.requires_grad_(not frozen)
+
+    def on_eval(self, trainer, record: dict) -> None:
+        record["gate_frozen"] = trainer.step < self.steps
+
+
+class MambaGradScale(TrainerHook):
+    """Every ``mamba2.*`` gradient times ``scale``, after backward and before clipping.
+
+    The logged ``grad_ratio`` stays the ratio of the *loss's* gradients (the held, scaled ratio times
+    ``scale``: clipping scales both branches alike), so it compares across interventions;
+    ``grad_ratio_scaled`` is the ratio the optimizer saw.
+    """
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def on_after_backward(self, trainer) -> None:
+        grads = [p.grad for p in trainer.model.branch_parameters("mamba2") if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, self.scale)
+
+    def on_eval(self, trainer, record: dict) -> None:
+        if record.get("grad_ratio") is not None:
+            record["grad_ratio_scaled"] = record["grad_ratio"]
+            record["grad_ratio"] = record["grad_ratio"] * self.scale
+
+
+def intervention_hooks(settings: InterventionsConfig, model_config) -> list[TrainerHook]:
+    """The hooks the ``interventions`` section asks for, after checking that the model can take them."""
+    kinds = model_config.layer_kinds()
+    hooks: list[TrainerHook] = []
+    if settings.balance_weight > 0:
+        if "P" not in kinds:
+            raise UserError("interventions.balance_weight needs parallel hybrid blocks (a fusion to balance); "
+                            "use a fusion variant such as GF-MH or set interventions.balance_weight=0")
+        if settings.balance_target == "gate" and model_config.fusion == "concat_project":
+            raise UserError("interventions.balance_target=gate needs a fusion with a gate, and CP has none; "
+                            "use interventions.balance_target=share")
+        hooks.append(BalanceLoss(settings.balance_weight, settings.balance_target, settings.balance_low,
+                                 settings.balance_high))
+    if settings.gate_freeze_steps > 0:
+        if "P" not in kinds:
+            raise UserError("interventions.gate_freeze_steps needs parallel hybrid blocks (a fusion to freeze); "
+                            "use a fusion variant such as GF-MH or set interventions.gate_freeze_steps=0")
+        hooks.append(GateFreeze(settings.gate_freeze_steps))
+    if settings.mamba_grad_scale != 1.0:
+        if "P" not in kinds and "M" not in kinds:
+            raise UserError("interventions.mamba_grad_scale needs Mamba-2 layers; this model has none")
+        hooks.append(MambaGradScale(settings.mamba_grad_scale))
+    return hooks
