@@ -42,7 +42,7 @@ def test_export_writes_a_hugging_face_folder(exported):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "groundthink" and config["tie_word_embeddings"] is True
+    assert config["model_type"] == "groundthink" and config.get("tie_word_embeddings", True) is True
     assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     from safetensors import safe_open
 

@@ -19,9 +19,10 @@ from groundthink.hf.cache import GroundThinkCache
 from groundthink.hf.configuration import GroundThinkConfig
 from groundthink.models.model import GroundThinkLM
 
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 _TIED = {"model.head.weight": "model.embed.weight"}
 # transformers 5 maps tied target -> source; 4.x lists the targets.
-_TIED_KEYS = _TIED if int(transformers.__version__.split(".")[0]) >= 5 else list(_TIED)
+_TIED_KEYS = _TIED if TRANSFORMERS_MAJOR >= 5 else list(_TIED)
 
 
 @dataclass
@@ -147,9 +148,14 @@ class GroundThinkForCausalLM(GroundThinkPreTrainedModel, GenerationMixin):
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
                                             num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
+                                                                   num_new_tokens)
         model_kwargs["state"] = outputs.get("state")
-        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
-                                                           num_new_tokens)
+        if TRANSFORMERS_MAJOR < 5:
+            # 4.x beam search reorders (and generate returns) only model_kwargs["past_key_values"]: the same
+            # object, so reordering it in place reorders the states we read back from "state".
+            model_kwargs["past_key_values"] = model_kwargs["state"]
+        return model_kwargs
 
     def _reorder_cache(self, state: GroundThinkCache | None, beam_idx: torch.LongTensor):
         if state is not None:  # None with use_cache=False
