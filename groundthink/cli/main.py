@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": "groundthink.cli.eval",
     "diagnose": "groundthink.cli.diagnose",
     "bench": "groundthink.cli.bench",
+    "sweep": "groundthink.cli.sweep",
 }
 
 
