@@ -6,7 +6,9 @@
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
 # Stages: env, tests (pytest -m gpu), gpu-parity (issue 2's script, if present), bench-char, bench-compile,
-# bench-long, bench-125m, profile-char, profile-125m, profile-long.
+# bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
+# profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
+# FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
@@ -17,6 +19,7 @@ if ! python3 -c "import fla" 2>/dev/null; then
     || { python3 -m pip install -q --no-deps --target /tmp/site wheels/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
 fi
 bench() { timeout -k 5 "$1" python3 -m groundthink bench "${@:2}"; }
+quick() { ( export GROUNDTHINK_FLA_AUTOTUNE=quick; "$@" ); }
 
 for stage in "$@"; do
   echo "=== $stage $(date -u +%T)"
@@ -27,24 +30,23 @@ for stage in "$@"; do
 'triton', triton.__version__, 'fla', fla.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name())" ;;
     tests)
-      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl timeout -k 5 280 python3 -m pytest -q -m gpu -rfE tests/ \
+      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 200 python3 -m pytest -q -m gpu -rfE tests/ \
         > "$OUT/gpu_tests.txt" 2>&1
       tail -25 "$OUT/gpu_tests.txt" ;;
     gpu-parity)
       if [ -f benchmarks/gpu_parity.py ]; then
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
       else echo "benchmarks/gpu_parity.py not in the tree"; fi ;;
-    bench-char) bench 240 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
-    bench-compile) bench 300 --shapes char --mode compile --json "$OUT/bench_compile.json" ;;
-    bench-long) bench 200 --shapes long --mode graph --json "$OUT/bench_long.json" ;;
-    bench-125m) bench 240 --shapes 125m --mode graph --steps 10 --json "$OUT/bench_125m.json" ;;
+    bench-char) bench 170 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
+    bench-compile) quick bench 240 --shapes char --models GF-MH,GPT2 --mode compile --json "$OUT/bench_compile.json" ;;
+    bench-long) quick bench 110 --shapes long --mode graph --json "$OUT/bench_long.json" ;;
+    bench-125m) quick bench 130 --shapes 125m --mode graph --steps 10 --json "$OUT/bench_125m.json" ;;
     profile-char)
-      for mode in eager graph; do
-        timeout -k 5 90 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode "$mode" --out "$OUT/profile.txt"
-      done
-      timeout -k 5 60 python3 benchmarks/profile_step.py --model GPT2 --shape char --mode graph --out "$OUT/profile.txt" ;;
-    profile-long) timeout -k 5 120 python3 benchmarks/profile_step.py --model GF-MH --shape long --mode graph --out "$OUT/profile.txt" ;;
-    profile-125m) timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
+      timeout -k 5 40 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode graph --out "$OUT/profile.txt"
+      timeout -k 5 40 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode eager --out "$OUT/profile.txt"
+      timeout -k 5 30 python3 benchmarks/profile_step.py --model GPT2 --shape char --mode graph --out "$OUT/profile.txt" ;;
+    profile-long) quick timeout -k 5 60 python3 benchmarks/profile_step.py --model GF-MH --shape long --mode graph --out "$OUT/profile.txt" ;;
+    profile-125m) quick timeout -k 5 60 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

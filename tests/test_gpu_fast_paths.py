@@ -73,6 +73,26 @@ def test_gated_rms_norm_kernel():
         check(f"gated_rms_norm.grad_{name}", g, r, 1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_kernel(dtype):
+    from groundthink.ops.norms import RMSNorm
+
+    (x, w) = cuda(torch.randn(4, 40, 96).to(dtype), 1 + 0.1 * torch.randn(96))
+
+    def fused(t, weight):
+        norm = RMSNorm(96, eps=1e-5).cuda()
+        del norm.weight
+        norm.weight = weight  # the differentiable leaf, so its gradient can be compared
+        return norm(t)
+
+    out, grads = grads_of(fused, x, w)
+    ref, ref_grads = grads_of(lambda t, weight: torch.nn.functional.rms_norm(t.float(), (96,), weight, 1e-5), x, w)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the kernel's output is rounded to bf16
+    check(f"rms_norm_{str(dtype)[6:]}.out", out, ref, tol)
+    for name, g, r in zip(("x", "weight"), grads, ref_grads):
+        check(f"rms_norm_{str(dtype)[6:]}.grad_{name}", g, r, 10 * tol)
+
+
 def test_causal_conv_kernel_on_a_strided_slice():
     from groundthink.ops.shortconv import causal_conv1d_silu, causal_conv1d_silu_torch
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -146,7 +147,7 @@ def measure(key: str, shape: dict, mode: str, *, device: str, steps: int, warmup
         flops = training_flops_per_step(model, batch, seq)
         row.update(
             params=sum(p.numel() for p in model.parameters()),
-            ms_per_step=round(ms, 4), tok_per_s=round(batch * seq / ms * 1e3, 1),
+            ms_per_step=round(ms, 4), tok_per_s=round(batch * seq / ms * 1e3, 3),
             ms_windows=[round(t * 1e3, 4) for t in per_step],
             tflops=round(flops / ms / 1e9, 2), mfu=round(flops / (ms / 1e3) / peak, 4) if peak else None,
             flops_per_step=flops, loss=round(loss, 4), finite=bool(torch.isfinite(out.loss)),
@@ -222,6 +223,9 @@ def environment(device: str) -> dict:
     env["device_name"] = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     env["cuda"] = torch.version.cuda if device == "cuda" else None
     env["peak_bf16_flops"] = peak_flops(env["device_name"]) if device == "cuda" else None
+    # The switches that change what is measured (see groundthink/ops/backend.py).
+    env["fla_autotune"] = os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") or "full"
+    env["fused_ops"] = os.environ.get("GROUNDTHINK_FUSED_OPS") != "0"
     return env
 
 

@@ -14,6 +14,7 @@ from groundthink.layers.fusion import build_fusion
 from groundthink.layers.mamba2 import Mamba2
 from groundthink.layers.rwkv6 import RWKV6
 from groundthink.models.config import ModelConfig
+from groundthink.ops.norms import RMSNorm
 
 
 # Metric suffixes of SPEC §4: act_var_rwkv, act_var_mamba, ...
@@ -50,8 +51,8 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.ffn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.ffn = FFN(cfg.hidden_size, cfg.ffn_mult)
         self.record = False
         self.ablate: set[str] = set()
@@ -78,8 +79,8 @@ class ParallelHybridBlock(Block):
         super().__init__(cfg)
         self.rwkv6 = make_rwkv6(cfg)
         self.mamba2 = make_mamba2(cfg)
-        self.norm_rwkv = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.norm_mamba = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.norm_rwkv = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.norm_mamba = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.fusion = build_fusion(cfg.fusion, cfg.hidden_size, cfg.gate_init)
         self.mamba_residual = cfg.mamba_residual
         self.rwkv_dropout = cfg.rwkv_dropout
@@ -111,7 +112,7 @@ class RWKV6Block(Block):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.rwkv6 = make_rwkv6(cfg)
-        self.norm_rwkv = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.norm_rwkv = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
 
     def mix(self, h, state):
         out, new = self.rwkv6(h, None if state is None else state["rwkv6"])
@@ -124,7 +125,7 @@ class Mamba2Block(Block):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.mamba2 = make_mamba2(cfg)
-        self.norm_mamba = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.norm_mamba = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
 
     def mix(self, h, state):
         out, new = self.mamba2(h, None if state is None else state["mamba2"])

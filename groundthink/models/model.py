@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from groundthink.models.blocks import BLOCKS
 from groundthink.models.config import ModelConfig
-from groundthink.ops.norms import upcast
+from groundthink.ops.norms import RMSNorm, upcast
 
 
 @dataclass
@@ -34,7 +34,7 @@ class GroundThinkLM(nn.Module):
             self.pos_embed = nn.Embedding(config.max_position_embeddings, config.hidden_size)
             nn.init.normal_(self.pos_embed.weight, std=0.02)
         self.layers = nn.ModuleList([BLOCKS[kind](config) for kind in kinds])
-        self.norm_out = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.norm_out = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
 

@@ -25,7 +25,58 @@ def fla_available() -> bool:
         import fla.ops.simple_gla  # noqa: F401
     except Exception:  # a broken Triton install must not break the CPU path
         return False
+    if os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") == "quick":
+        limit_fla_autotuning()
     return True
+
+
+def limit_fla_autotuning(block_shapes: int = 2) -> int:
+    """Cut every FLA Triton autotuner down to ``block_shapes`` configs; returns how many were cut.
+
+    FLA tunes each kernel over up to 48 configs, compiling each one: the first step of a new shape can
+    take minutes (about 5 for one chunked RWKV-6 shape on an H100). ``GROUNDTHINK_FLA_AUTOTUNE=quick``
+    calls this: the smallest and the largest block shape remain, each with the fewest pipeline stages and
+    4 warps where offered, so start-up takes seconds, at the price of kernels that may run slower than
+    fully tuned ones. Triton still picks the faster of the two (and skips one that does not fit).
+    """
+    import sys
+
+    from triton.runtime.autotuner import Autotuner
+
+    cut, seen = 0, set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("fla.") or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            while not isinstance(obj, Autotuner) and hasattr(obj, "fn") and not isinstance(obj, type):
+                obj = obj.fn  # triton.heuristics wraps the autotuner
+            if isinstance(obj, Autotuner) and id(obj) not in seen:
+                seen.add(id(obj))
+                kept = pick_configs(obj.configs, block_shapes)
+                if len(kept) < len(obj.configs):
+                    obj.configs, cut = kept, cut + 1
+    return cut
+
+
+def pick_configs(configs: list, block_shapes: int = 2) -> list:
+    """Per block shape the config with the fewest stages and warps nearest 4; then the extremes by size."""
+    best: dict[tuple, object] = {}
+    for config in configs:
+        shape = tuple(sorted(config.kwargs.items()))
+        rank = (config.num_stages or 0, abs((config.num_warps or 4) - 4), config.num_warps or 4)
+        if shape not in best or rank < best[shape][0]:
+            best[shape] = (rank, config)
+    by_size = sorted(best.values(), key=lambda item: _block_size(item[1].kwargs))
+    chosen = [by_size[0], by_size[-1]] if block_shapes >= 2 and len(by_size) > 1 else by_size[:1]
+    return [config for _, config in chosen][:max(block_shapes, 1)]
+
+
+def _block_size(kwargs: dict) -> int:
+    size = 1
+    for value in kwargs.values():
+        if isinstance(value, int) and not isinstance(value, bool):
+            size *= max(value, 1)
+    return size
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,12 +1,13 @@
-"""The two normalizations inside FLA's layers.
+"""Normalizations: the two inside FLA's layers, and the blocks' RMSNorm.
 
-``group_norm`` / ``gated_rms_norm`` dispatch: FLA's fused Triton kernels on CUDA (one kernel forward, one
-backward, instead of ~6 each), the plain PyTorch versions (``*_torch``, same math as FLA's ``*_ref``)
-everywhere else and while ``torch.compile`` traces the model.
+``group_norm`` / ``gated_rms_norm`` / ``RMSNorm`` dispatch: FLA's fused Triton kernels on CUDA (one kernel
+forward, one backward, instead of ~6 each), the plain PyTorch versions (``*_torch``, same math as FLA's
+``*_ref``; ``nn.RMSNorm``) everywhere else and while ``torch.compile`` traces the model.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from groundthink.ops.backend import fused_ops_wanted
@@ -51,3 +52,20 @@ def gated_rms_norm_torch(x, gate, weight, eps: float, group_size: int):
     grouped = h.view(*shape[:-1], shape[-1] // group_size, group_size)
     grouped = grouped * torch.rsqrt(grouped.square().mean(dim=-1, keepdim=True) + eps)
     return (grouped.view(shape) * upcast(weight)).to(dtype)
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (same parameter, same CPU math) whose CUDA forward is FLA's fused kernel.
+
+    Why: under bf16 autocast the branch outputs reach their norms in bf16 while the weight is float32, and
+    PyTorch then falls back to an unfused chain of ~7 kernels forward and more backward. Output dtype
+    follows the input, as in FLA.
+    """
+
+    def forward(self, x):
+        if self.weight is not None and fused_ops_wanted(x):
+            from fla.modules.norm.layernorm import rms_norm
+
+            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+            return rms_norm(x, self.weight, None, eps=eps)
+        return super().forward(x)

@@ -14,10 +14,12 @@ which is why FLA's ``chunk_simple_gla`` Triton kernel computes it on CUDA.
 - ``ssd_recurrent_naive``: the step-by-step loop (reference).
 - ``ssd_chunk_torch``: chunked pure-PyTorch scan (CPU path; every exponent <= 0).
 - ``ssd_step``: one token (decoding), on every device: a handful of small ops, no chunk machinery.
-- ``ssd``: dispatch — ``mamba_ssm`` if importable, else FLA's ``chunk_simple_gla`` on CUDA; the chunked
-  scan elsewhere.
+- ``ssd``: dispatch — ``mamba_ssm`` if importable, else FLA's gated-linear-attention kernels on CUDA
+  (``_ssd_fla``); the chunked scan elsewhere.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -105,12 +107,33 @@ def ssd(x, dt, A, B, C, initial_state=None):
                               return_final_states=True)
             return y, state
         if fla_available():
-            from fla.ops.simple_gla import chunk_simple_gla
-
-            # state_v_first keeps FLA's state in Mamba's [P, N] layout, so caches are interchangeable.
-            y, state = chunk_simple_gla(
-                q=C, k=B, v=x * dt[..., None].to(x.dtype), g=(dt * A).float(), scale=1.0,
-                initial_state=initial_state, output_final_state=True, state_v_first=True,
-            )
-            return y, state
+            return _ssd_fla(x * dt[..., None].to(x.dtype), (dt * A).float(), B, C, initial_state)
     return ssd_chunk_torch(x, dt, A, B, C, initial_state)
+
+
+@torch.compiler.disable  # opaque to torch.compile: its graph breaks here and resumes after the kernel
+def _ssd_fla(v, g, B, C, initial_state):
+    """SSD as gated linear attention in FLA (q = C, k = B, v = dt x, log decay g = dt A).
+
+    Short inputs take the fused recurrent kernel (one launch forward, as FLA's layers do below 64 tokens).
+    Longer ones take ``chunk_simple_gla``, except where FLA refuses its backward (Hopper GPUs with
+    Triton 3.4 - 3.7.0 miscompile it, FLA #640): there ``chunk_gla`` computes the same thing with the
+    per-head decay repeated over the state dimension. ``state_v_first`` keeps Mamba's ``[P, N]`` state.
+    """
+    from fla.ops.gla import chunk_gla
+    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+    kwargs = dict(q=C, k=B, v=v, scale=1.0, initial_state=initial_state, output_final_state=True,
+                  state_v_first=True)
+    if v.shape[1] <= 64:
+        return fused_recurrent_simple_gla(g=g, **kwargs)
+    if _fla_gated_chunk_backward_broken():
+        return chunk_gla(g=g.unsqueeze(-1).expand(*B.shape).contiguous(), **kwargs)
+    return chunk_simple_gla(g=g, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _fla_gated_chunk_backward_broken() -> bool:
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+
+    return bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)

@@ -1,0 +1,55 @@
+"""The CUDA fast-path dispatchers on CPU: same results as before (the PyTorch versions), carried state kept.
+
+The kernels themselves are checked against these on the GPU (tests/test_gpu_fast_paths.py).
+"""
+import torch
+import triton
+
+from groundthink.ops.backend import fused_ops_wanted, pick_configs
+from groundthink.ops.norms import RMSNorm
+from groundthink.ops.shortconv import causal_conv1d_silu, token_shift_delta
+
+
+def test_dispatch_stays_on_pytorch_on_cpu():
+    assert fused_ops_wanted(torch.zeros(1)) is False
+
+
+def test_rms_norm_is_nn_rmsnorm_on_cpu():
+    norm = RMSNorm(24, eps=1e-5)
+    ref = torch.nn.RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    ref.load_state_dict(norm.state_dict())  # same parameter names: checkpoints load either way
+    x = torch.randn(3, 5, 24)
+    assert torch.equal(norm(x), ref(x))
+
+
+def test_conv_in_pieces_equals_conv_whole():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 11, 6, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), \
+        torch.randn(6, dtype=torch.float64)
+    whole, last = causal_conv1d_silu(x, weight, bias)
+    outs, history = [], None
+    for start, end in [(0, 2), (2, 3), (3, 11)]:  # pieces shorter than the window splice the history
+        out, history = causal_conv1d_silu(x[:, start:end], weight, bias, history)
+        outs.append(out)
+    assert torch.allclose(torch.cat(outs, dim=1), whole, rtol=0, atol=1e-12)
+    assert torch.equal(history, last) and torch.equal(last, x[:, -3:].transpose(1, 2))
+
+
+def test_token_shift_with_previous_token():
+    x = torch.randn(2, 5, 3)
+    delta = token_shift_delta(x)
+    assert torch.equal(delta[:, 0], -x[:, 0]) and torch.equal(delta[:, 1:], x[:, :-1] - x[:, 1:])
+    previous = torch.randn(2, 3)
+    assert torch.equal(token_shift_delta(x, previous)[:, 0], previous - x[:, 0])
+
+
+def test_quick_autotune_keeps_smallest_and_largest_block_with_few_stages():
+    configs = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s)
+               for bk in (32, 64) for bv in (32, 64) for w in (1, 2, 4, 8) for s in (2, 3, 4)]
+    kept = pick_configs(configs)
+    assert [(c.kwargs, c.num_warps, c.num_stages) for c in kept] == [
+        ({"BK": 32, "BV": 32}, 4, 2), ({"BK": 64, "BV": 64}, 4, 2)]
+    only_warps = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 8, 16) for s in (1, 2)]
+    assert [(c.num_warps, c.num_stages) for c in pick_configs(only_warps)] == [(2, 1)]
