@@ -2,7 +2,7 @@
 
 For each model and context length: prefill a random context, then decode ``--new-tokens`` greedy tokens one
 at a time, and record prefill time, decode tokens/s, the size of the carried state (recurrent state or KV
-cache) and, on CUDA, the peak memory of prefill and of decoding. Recurrent models are measured in each of
+cache) after prefill and at the end and, on CUDA, the peak memory of prefill and of decoding. Recurrent models are measured in each of
 ``--modes``: ``eager``, ``graph`` (CUDA graph of the step) and ``compile`` (torch.compile + CUDA graph);
 the graph modes need CUDA and are skipped on CPU. The GPT baseline always decodes eagerly (its KV cache
 grows, so its step cannot be one fixed graph).
@@ -49,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--small", action="store_true", help="CPU-sized run: short contexts, few tokens")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: batch-1 decoding is latency-bound, and extra OpenMP "
+                             "threads only add synchronization, badly so on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     args.contexts = args.contexts or ([128, 512, 2048] if args.small else [1024, 8192, 65536])
@@ -92,6 +95,7 @@ def run_case(key, context, mode, args, device, dtype) -> dict:
     sync(device)
     record["prefill_s"] = time.perf_counter() - start
     record["prefill_peak_bytes"] = peak_bytes(device)
+    record["state_bytes_after_prefill"] = decoder.state_nbytes()
 
     token = logits.argmax(-1)
     if mode != "eager":  # the same steps eagerly, from a copy of the same state: graph replay must agree
@@ -121,7 +125,7 @@ def run_case(key, context, mode, args, device, dtype) -> dict:
     record["decode_tok_s"] = args.new_tokens / elapsed
     record["decode_ms_per_token"] = 1000 * elapsed / args.new_tokens
     record["decode_peak_bytes"] = peak_bytes(device)
-    record["state_bytes"] = decoder.state_nbytes()
+    record["state_bytes_at_end"] = decoder.state_nbytes()
     record["cuda_graph"] = decoder.graph is not None
     return record
 
@@ -130,6 +134,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
     results = []
     for key in args.models:
         recurrent = not has_attention(build(key, 16, args, "cpu", torch.float32))
@@ -149,6 +154,7 @@ def main(argv=None) -> int:
         "benchmark": "decode_bench",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
     }
@@ -173,7 +179,7 @@ def format_row(r: dict) -> str:
         if r.get("graph_error"):
             extra += f" ({r['graph_error'][:80]})"
     return (f"{head}  prefill {r['prefill_s']:7.2f}s  decode {r['decode_tok_s']:8.1f} tok/s  "
-            f"state {mib(r['state_bytes'])} MiB  peak prefill/decode {mib(r['prefill_peak_bytes'])}/"
+            f"state {mib(r['state_bytes_after_prefill'])} MiB  peak prefill/decode {mib(r['prefill_peak_bytes'])}/"
             f"{mib(r['decode_peak_bytes'])} MiB{extra}")
 
 

@@ -274,3 +274,22 @@ def test_cli_export_writes_a_folder_that_loads_exactly(run_dir, tmp_path, capsys
         assert torch.equal(exported(ids).logits, loaded.model(ids).logits)
     code, _, err = cli(capsys, "export", str(run_dir), str(tmp_path / "hf"))
     assert code == 2 and "not empty" in err
+
+
+def test_decode_benchmark_runs_and_reports_flat_recurrent_state(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_bench.py"
+    spec = importlib.util.spec_from_file_location("decode_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "decode.json"
+    assert bench.main(["--small", "--contexts", "8", "32", "--new-tokens", "2", "--warmup", "1", "--hidden-size",
+                       "32", "--n-layers", "1", "--threads", str(torch.get_num_threads()), "--json", str(out)]) == 0
+    results = {(r["model"], r["context"]): r for r in __import__("json").loads(out.read_text())["results"]}
+    assert set(results) == {("GF-MH", 8), ("GF-MH", 32), ("GPT2", 8), ("GPT2", 32)}
+    assert all(r["decode_tok_s"] > 0 and r["mode"] == "eager" for r in results.values())
+    hybrid = [results["GF-MH", c]["state_bytes_after_prefill"] for c in (8, 32)]
+    kv = [results["GPT2", c]["state_bytes_after_prefill"] for c in (8, 32)]
+    assert hybrid[0] == hybrid[1] and kv[1] == 4 * kv[0]
