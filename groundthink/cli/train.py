@@ -29,7 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config field, e.g. --set train.lr=1e-3 (repeatable)")
-    parser.set_defaults(func=run)
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="data-parallel training on N processes of this machine (one per GPU; gloo on CPU): "
+                             "relaunches this command under torchrun (README: Multi-GPU)")
+    parser.set_defaults(func=run, train_parser=parser)
 
 
 def flag_overrides(args) -> list[str]:
@@ -76,14 +79,39 @@ def default_run_dir(config) -> Path:
     return Path("runs") / f"{config.model.key}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def relaunch_argv(args, run_dir) -> list[str]:
+    """``train`` and the flags given, less --nproc, with the run folder fixed (its default name has a time)."""
+    argv = ["train"]
+    for action in args.train_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "nproc", "out") or value in (None, [], False):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            argv += [action.option_strings[0]] + ([] if action.nargs == 0 else [str(item)])
+    return argv if args.resume else argv + ["--out", str(run_dir)]
+
+
 def run(args) -> int:
-    from groundthink.training.trainer import Trainer
+    from groundthink.training import distributed
 
     config, run_dir = build_config(args)
-    trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    if args.nproc is not None and args.nproc != 1:
+        return distributed.launch(args.nproc, relaunch_argv(args, run_dir), config.train)
+    if distributed.world_size_from_env() > 1:  # one rank of a torchrun job: it ends its process itself
+        distributed.run_rank(config.train, lambda: fit(args, config, run_dir))
+    return fit(args, config, run_dir)
+
+
+def fit(args, config, run_dir) -> int:
+    from groundthink.training.distributed import make_trainer
+
+    trainer = make_trainer(config, run_dir, resume=bool(args.resume))  # a DistributedTrainer under torchrun
+    run_dir = trainer.run_dir
     summary = trainer.fit()
     if summary["status"] == "interrupted":
         return 128 + (signal.SIGTERM if summary.get("signal") == "SIGTERM" else signal.SIGINT)
+    if not trainer.is_main:
+        return 0  # rank 0 reports
     best = summary.get("best_val_loss")
     final = summary.get("final", {})
     line = f"{summary['status']}: step {summary['step']}"

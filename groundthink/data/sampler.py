@@ -1,7 +1,10 @@
 """Batches: random windows from a token array, drawn by a seeded generator whose state can be saved.
 
-Each rank of a distributed run seeds its own generator (``seed``, ``rank``), so ranks draw different
-windows; ``state_dict`` / ``load_state_dict`` make a resumed run draw exactly the windows it would have.
+In a distributed run every rank draws the same global batch of ``world_size * batch_size`` windows (one
+generator, seeded without the rank) and keeps rows ``rank::world_size``: ranks see different windows, and N
+ranks with batch B see exactly the windows of one process with batch N*B. ``state_dict`` /
+``load_state_dict`` make a resumed run draw exactly the windows it would have (with any number of ranks, as
+long as the global batch is the same; see training/distributed.py).
 """
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ class RandomWindowSampler:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003)  # the same on every rank
         self.offsets = np.arange(seq_len + 1)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.tokens) - self.seq_len  # start positions 0 .. len - seq_len - 1
-        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
+        starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator).numpy()
+        starts = starts[self.rank::self.world_size]  # this rank's rows of the global batch
         windows = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 

@@ -26,6 +26,7 @@ from groundthink.training.interventions_config import InterventionsConfig
 DEFAULT_MODEL_SETTINGS = {"hidden_size": 64, "n_layers": 4, "rwkv_heads": 2, "mamba_head_dim": 32,
                           "mamba_state_size": 16}
 PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -69,6 +70,10 @@ class TrainConfig:
     plateau_max_reductions: int = 2
     progress: bool = True            # a live progress bar on the console
     tensorboard: bool = True         # also write TensorBoard scalars when tensorboard is installed
+    # Several processes (torchrun, --nproc; see training/distributed.py): ddp replicates the model, fsdp
+    # (FSDP2) shards weights, gradients and optimizer state (for ~125M parameters and above).
+    parallel: str = "ddp"
+    dist_timeout: float = 600.0      # seconds a rank waits for the others (longer than an eval + checkpoint)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every", "eval_windows",
@@ -95,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"train.precision {self.precision!r} is unknown; valid: {', '.join(PRECISIONS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"train.device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"train.parallel {self.parallel!r} is unknown; valid: {', '.join(PARALLEL_MODES)}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"train.dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not (0 < self.plateau_patience < 1 and 0 < self.plateau_factor < 1):
             raise ValueError("train.plateau_patience and train.plateau_factor must be in (0, 1)")
 

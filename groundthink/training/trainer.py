@@ -206,6 +206,8 @@ class Trainer:
             hook.on_after_backward(self)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
         self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        if hasattr(self._grad_norm, "full_tensor"):  # FSDP2 (training/distributed.py): a replicated DTensor
+            self._grad_norm = self._grad_norm.full_tensor()
         self._nonfinite |= ~torch.isfinite(self._grad_norm) | ~torch.isfinite(lm_loss.detach())
         scale = self.lr_scale()
         for group in self.optimizer.param_groups:
