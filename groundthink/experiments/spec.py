@@ -136,8 +136,8 @@ def load_spec(path, data_root: str | None = None, overrides: list[str] | None = 
     seed_list = seeds if seeds is not None else as_list(raw.get("seeds", [0]), "seeds", where)
     if not seed_list or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
         raise UserError(f"{where}: seeds must be a list of integers >= 0, e.g. seeds: [0, 1, 2]")
+    known = [m[0] for m in models]
     if only:
-        known = [m[0] for m in models]
         missing = [n for n in only if n not in known]
         if missing:
             raise UserError(f"--only {missing[0]!r} is not a model of {where}; its models: {', '.join(known)}")
@@ -160,7 +160,7 @@ def load_spec(path, data_root: str | None = None, overrides: list[str] | None = 
                      seeds=list(seed_list), measure=measure_entry(raw.get("measure"), where),
                      reference=raw.get("reference") or {}, goal=raw.get("goal") or {},
                      ratios=raw.get("ratios") or [])
-    check_extras(spec, where)
+    check_extras(spec, where, known)  # against every model: --only must not break the spec's own checks
     for run in runs:  # every run's config must be valid before anything trains
         try:
             build_config(run.config, spec.data_root)
@@ -241,8 +241,8 @@ def measure_entry(raw, where: str) -> Measure:
     return Measure(**raw)
 
 
-def check_extras(spec: SweepSpec, where: str) -> None:
-    labels = spec.labels
+def check_extras(spec: SweepSpec, where: str, models: list[str]) -> None:
+    labels = [RunSpec(m, "", v, 0, {}).label for v in spec.variants for m in models]
     if not isinstance(spec.reference, dict):
         raise UserError(f"{where}: reference must map a row (model, or variant/model) to a val loss")
     for label, value in spec.reference.items():
@@ -263,7 +263,7 @@ def check_extras(spec: SweepSpec, where: str) -> None:
         if within["of"] not in labels:
             raise UserError(f"{where}: goal.val_loss_within.of {within['of']!r} is not a row; rows: {', '.join(labels)}")
     for pair in spec.ratios:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in spec.models for p in pair)):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in models for p in pair)):
             raise UserError(f"{where}: ratios entries are [MODEL, MODEL] of this sweep's models, got {pair!r}")
 
 

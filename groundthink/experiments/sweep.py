@@ -244,7 +244,7 @@ def run_in_workers(spec: SweepSpec, todo: list[Planned], parallel: int, budget: 
                 if stop.set:
                     for worker in workers:
                         worker.terminate_run()
-                for key, _ in selector.select(timeout=1.0):
+                for key, _ in selector.select(timeout=0.2):
                     worker = key.data
                     line = worker.results.readline()
                     item, worker.item = worker.item, None
