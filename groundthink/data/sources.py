@@ -7,7 +7,9 @@ validation split (or ``data.val_source`` names one), the validation text. Otherw
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +106,25 @@ def sha256_file(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so that an offline machine fails in seconds rather than after long retries."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_wikitext(name: str, cache: Path) -> Corpus:
     """WikiText through Hugging Face ``datasets`` (its train and validation splits)."""
-    try:
-        import datasets
-    except ImportError:
+    if importlib.util.find_spec("datasets") is None:
         raise UserError(f"the {name} source needs Hugging Face datasets: pip install 'groundthink[datasets]' "
-                        f"(or pass local files: --data train.txt --set data.val_source=valid.txt)") from None
+                        f"(or pass local files: --data train.txt --set data.val_source=valid.txt)")
+    if not reachable("huggingface.co"):
+        raise UserError(f"could not load {name}: huggingface.co is unreachable (no network?); pass local files: "
+                        f"--data train.txt --set data.val_source=valid.txt")
+    import datasets
+
     try:
         splits = datasets.load_dataset("Salesforce/wikitext", WIKITEXT_CONFIGS[name],
                                        cache_dir=str(cache / "hf-datasets"))

@@ -244,13 +244,13 @@ class DistributedTrainer(Trainer):
             if not is_peer_failure(err):
                 raise
             last = ckpt.read_pointer(self.run_dir, "latest")
-            kept = f"checkpoint {last} is kept" if last else "no checkpoint had been written"
+            then = (f"checkpoint {last.name} is kept: continue with groundthink train --resume {self.run_dir} "
+                    f"(any number of processes)") if last else "no checkpoint had been written yet"
             first_line = " ".join(str(err).split())[:200]
             raise LostRanks(
                 f"rank {self.rank} lost the other ranks at step {self.step} ({type(err).__name__}: {first_line}); "
                 f"another rank failed (its error is above) or did not answer within train.dist_timeout = "
-                f"{self.config.train.dist_timeout:g} s; {kept}; continue with groundthink train --resume "
-                f"{self.run_dir} (with any number of processes)") from None
+                f"{self.config.train.dist_timeout:g} s; {then}") from None
 
     # ---- wrapping the model ----------------------------------------------------------------------
 
