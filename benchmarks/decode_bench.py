@@ -2,9 +2,9 @@
 
 For each model and context length: prefill a random context, then decode ``--new-tokens`` greedy tokens one
 at a time, and record prefill time, decode tokens/s, the size of the carried state (recurrent state or KV
-cache) after prefill and at the end and, on CUDA, the peak memory of prefill and of decoding. Recurrent models are measured in each of
-``--modes``: ``eager``, ``graph`` (CUDA graph of the step) and ``compile`` (torch.compile + CUDA graph);
-the graph modes need CUDA and are skipped on CPU. The GPT baseline always decodes eagerly (its KV cache
+cache) after prefill and at the end and, on CUDA, the peak memory of prefill and of decoding. Recurrent
+models are measured in each of ``--modes``: ``eager``, ``graph`` (CUDA graph of the step) and ``compile``
+(torch.compile + CUDA graph); the graph modes need CUDA and are skipped on CPU. The GPT baseline always decodes eagerly (its KV cache
 grows, so its step cannot be one fixed graph).
 
     python benchmarks/decode_bench.py --json decode.json                 # GPU: contexts 1K, 8K, 64K
