@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU machine's side of a measuring session: install FLA's wheels if missing, then run each STAGE named,
-# writing everything under $OUT (default: benchmarks/results/latest). Each stage has its own time limit, so
+# writing everything under $OUT (default: benchmarks/results/latest). BENCH_MODELS picks the models. Each stage has its own time limit, so
 # one stuck stage cannot eat the others' time.
 #
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
-# Stages: env, tests (pytest -m gpu), gpu-parity (issue 2's script, if present), bench-char, bench-compile,
+# Stages: env, tests (pytest -m gpu), tests-ssd, gpu-parity (issue 2's script, if present), bench-char, bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
@@ -18,7 +18,7 @@ if ! python3 -c "import fla" 2>/dev/null; then
   python3 -m pip install -q --no-deps wheels/*.whl 2>/dev/null \
     || { python3 -m pip install -q --no-deps --target /tmp/site wheels/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
 fi
-bench() { timeout -k 5 "$1" python3 -m groundthink bench "${@:2}"; }
+bench() { timeout -k 5 "$1" python3 -m groundthink bench --models "${BENCH_MODELS:-GF-MH,RWKV6,MAMBA2,GPT2}" "${@:2}"; }
 quick() { ( export GROUNDTHINK_FLA_AUTOTUNE=quick; "$@" ); }
 
 for stage in "$@"; do
@@ -31,8 +31,10 @@ for stage in "$@"; do
 torch.cuda.get_device_name())" ;;
     tests)
       GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 200 python3 -m pytest -q -m gpu -rfE tests/ \
-        > "$OUT/gpu_tests.txt" 2>&1
-      tail -25 "$OUT/gpu_tests.txt" ;;
+        2>&1 | tee "$OUT/gpu_tests.txt" | tail -25 ;;
+    tests-ssd)  # only the SSD scan checks (fused recurrent and chunked), e.g. after a dispatch change
+      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 120 python3 -m pytest -q -m gpu -rfE \
+        tests/test_gpu_fast_paths.py -k ssd_scan 2>&1 | tee "$OUT/gpu_tests.txt" | tail -5 ;;
     gpu-parity)
       if [ -f benchmarks/gpu_parity.py ]; then
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"

@@ -53,3 +53,22 @@ def test_quick_autotune_keeps_smallest_and_largest_block_with_few_stages():
         ({"BK": 32, "BV": 32}, 4, 2), ({"BK": 64, "BV": 64}, 4, 2)]
     only_warps = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 8, 16) for s in (1, 2)]
     assert [(c.num_warps, c.num_stages) for c in pick_configs(only_warps)] == [(2, 1)]
+
+
+def test_quick_autotune_cuts_after_the_kernels_own_pruning():
+    from groundthink.ops.backend import quicken_autotuner
+
+    @triton.jit
+    def kernel(x, BK: triton.language.constexpr):
+        pass
+
+    configs = [triton.Config({"BK": bk}, num_warps=w, num_stages=s) for bk in (16, 32, 64) for w in (2, 4)
+               for s in (2, 3)]
+    # A kernel-specific rule (as FLA's): only BK < 64, and never BK=32 with 4 warps.
+    rule = lambda cs, nargs, **kw: [c for c in cs if c.kwargs["BK"] < 64 and (c.kwargs["BK"], c.num_warps) != (32, 4)]
+    tuner = triton.autotune(configs=configs, key=[], prune_configs_by={"early_config_prune": rule})(kernel)
+    tuner.nargs = {}
+    assert quicken_autotuner(tuner) == 1 and quicken_autotuner(tuner) == 0
+    kept = tuner.prune_configs({})
+    assert [(c.kwargs["BK"], c.num_warps, c.num_stages) for c in kept] == [(16, 4, 2), (32, 2, 2)]
+    assert len(tuner.configs) == len(configs)  # FLA's own rule still sees every config

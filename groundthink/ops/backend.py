@@ -31,19 +31,20 @@ def fla_available() -> bool:
 
 
 def limit_fla_autotuning(block_shapes: int = 2) -> int:
-    """Cut every FLA Triton autotuner down to ``block_shapes`` configs; returns how many were cut.
+    """Make every FLA Triton autotuner try at most ``block_shapes`` configs; returns how many it changed.
 
     FLA tunes each kernel over up to 48 configs, compiling each one: the first step of a new shape can
     take minutes (about 5 for one chunked RWKV-6 shape on an H100). ``GROUNDTHINK_FLA_AUTOTUNE=quick``
-    calls this: the smallest and the largest block shape remain, each with the fewest pipeline stages and
-    4 warps where offered, so start-up takes seconds, at the price of kernels that may run slower than
-    fully tuned ones. Triton still picks the faster of the two (and skips one that does not fit).
+    calls this. The cut happens after FLA's own pruning (which drops configs that are wrong for the
+    shape, or miscompile on Hopper), so what is left is always valid: per block shape the config with the
+    fewest pipeline stages and the warps nearest 4, then the smallest and the largest block. Start-up
+    takes seconds, at the price of kernels that may run slower than fully tuned ones.
     """
     import sys
 
     from triton.runtime.autotuner import Autotuner
 
-    cut, seen = 0, set()
+    changed, seen = 0, set()
     for name, module in list(sys.modules.items()):
         if not name.startswith("fla.") or module is None:
             continue
@@ -52,10 +53,22 @@ def limit_fla_autotuning(block_shapes: int = 2) -> int:
                 obj = obj.fn  # triton.heuristics wraps the autotuner
             if isinstance(obj, Autotuner) and id(obj) not in seen:
                 seen.add(id(obj))
-                kept = pick_configs(obj.configs, block_shapes)
-                if len(kept) < len(obj.configs):
-                    obj.configs, cut = kept, cut + 1
-    return cut
+                changed += quicken_autotuner(obj, block_shapes)
+    return changed
+
+
+def quicken_autotuner(tuner, block_shapes: int = 2) -> int:
+    """Wrap one autotuner's ``prune_configs`` so it returns at most ``block_shapes`` configs (1 if changed)."""
+    if getattr(tuner, "_groundthink_quick", False) or len(tuner.configs) <= 1:
+        return 0
+    original = tuner.prune_configs
+
+    def prune_configs(*args, **kwargs):
+        return pick_configs(original(*args, **kwargs), block_shapes)
+
+    tuner.prune_configs = prune_configs
+    tuner._groundthink_quick = True
+    return 1
 
 
 def pick_configs(configs: list, block_shapes: int = 2) -> list:
