@@ -271,6 +271,11 @@ class DistributedTrainer(Trainer):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        scalars = [name for name, param in model.named_parameters() if param.ndim == 0]
+        if scalars:
+            raise UserError(f"train.parallel=fsdp cannot shard the scalar parameters of {self.config.model.key} "
+                            f"({', '.join(scalars[:2])}, ...: FSDP2 shards along a dimension); train this model "
+                            f"with train.parallel=ddp")
         # FSDP2 warns about any module output that is a view: an in-place op on it would skip a gather. The
         # blocks' outputs are only read out of place (tests/test_distributed.py: FSDP matches one process).
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
