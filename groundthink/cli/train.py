@@ -1,6 +1,7 @@
 """``groundthink train``: train a registered model; ``--resume RUN_DIR`` continues a run exactly."""
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from pathlib import Path
@@ -60,17 +61,15 @@ def build_config(args):
     if args.model is not None and args.model != saved.model.key:
         raise UserError(f"run {run_dir} trained model {saved.model.key!r}, not {args.model!r}; drop --model to "
                         f"resume it, or start a new run with --out")
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "model.key" and value == saved.model.key:
-            continue
-        if key == "data.source" and value == saved.data.source:
-            continue
-        if not key.startswith("train."):
-            raise UserError(f"{key} cannot change when resuming (the checkpoint depends on it); only train.* "
-                            f"settings can, e.g. --steps or --set train.lr=...")
-    overrides = [o for o in overrides if o.startswith("train.")]
-    return load_config(None, overrides, base=saved), run_dir
+    config = load_config(None, overrides, base=copy.deepcopy(saved))
+    # Training settings may change on resume; the model and the data may not (the checkpoint depends on them).
+    for section in ("model", "data"):
+        before, after = saved.to_dict()[section], config.to_dict()[section]
+        changed = [key for key in after if after[key] != before.get(key)]
+        if changed:
+            raise UserError(f"{section}.{changed[0]} cannot change when resuming (the checkpoint depends on it); "
+                            f"only train.* settings can, e.g. --steps or --set train.lr=...")
+    return config, run_dir
 
 
 def default_run_dir(config) -> Path:
