@@ -22,7 +22,9 @@ from groundthink.training.cuda_graph import TrainStep, make_adamw
 # Kernel name pattern -> family (first match wins).
 FAMILIES = [
     (r"rwkv6", "FLA RWKV-6 scan"),
-    (r"chunk_|simple_gla|fwd_h|bwd_dh|bwd_dqkw|fwd_o|local_cumsum", "FLA SSD scan (chunk_simple_gla)"),
+    # Mamba-2's SSD: FLA's generic fused recurrent kernels (T <= 64) or chunk_gla / chunk_simple_gla.
+    (r"^fused_recurrent_(fwd|bwd)_kernel|chunk_|simple_gla|gla|fwd_h|bwd_dh|bwd_dqkw|fwd_o|local_cumsum",
+     "FLA SSD scan"),
     (r"causal_conv1d|token_shift|layer_norm|group_norm|rms_norm|norm_fwd|norm_bwd", "FLA norms / conv / shift"),
     (r"flash|fmha|attention", "attention (SDPA)"),
     (r"gemm|sm90_xmma|cutlass|ampere_|sm80_|nvjet|cublas|gemv|splitK", "matmul (cuBLAS)"),

@@ -95,3 +95,32 @@ def test_flops_of_gpt_match_the_formula():
     assert forward_flops_per_token(model, T) == expected
     assert training_flops_per_step(model, 3, T) == 3 * expected * 3 * T
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("cpu") is None
+
+
+def test_loss_fn_with_extra_term_and_after_backward_hook():
+    model, ref = twin_models()
+    calls = []
+
+    def loss_fn(m, inputs, targets):
+        lm = m(inputs, targets=targets).loss
+        return lm + 0.5 * m.embed.weight.square().mean(), lm   # an extra term, as a balance loss would add
+
+    def after_backward():
+        calls.append(1)
+        for p in model.branch_parameters("mamba2"):
+            p.grad.mul_(0.5)                                    # e.g. scaling one branch's gradients
+
+    step = TrainStep(model, make_adamw(model.parameters(), lr=1e-3), 4, 17, loss_fn=loss_fn,
+                     after_backward=after_backward)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    inputs, targets = batch(3)
+    out = step(inputs, targets)
+    lm = ref(inputs, targets=targets).loss
+    (lm + 0.5 * ref.embed.weight.square().mean()).backward()
+    for p in ref.branch_parameters("mamba2"):
+        p.grad.mul_(0.5)
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    ref_opt.step()
+    assert calls == [1] and torch.allclose(out.loss, lm.detach(), atol=1e-6)  # reports the LM loss only
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)

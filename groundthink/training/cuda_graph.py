@@ -83,21 +83,26 @@ def graph_ready(optimizer: torch.optim.Optimizer) -> str | None:
 
 
 def lm_loss(model, inputs, targets):
-    """The training loss of one micro-batch (the function ``compile=True`` hands to ``torch.compile``)."""
+    """The default ``loss_fn``: the language-model loss of one micro-batch."""
     return model(inputs, targets=targets).loss
 
 
 class TrainStep:
     """Forward + backward (with gradient accumulation) + clipping + optimizer step.
 
-    ``cuda_graph``: "auto" (capture on CUDA, eager elsewhere), True or False. ``compile``: run the model
+    ``cuda_graph``: "auto" (capture on CUDA, eager elsewhere), True or False. ``compile``: run ``loss_fn``
     under ``torch.compile`` (FLA's kernels stay opaque; Inductor fuses the PyTorch ops around them).
     ``amp_dtype``: "auto" (bfloat16 autocast on CUDA, none on CPU), a dtype, or None.
+    ``loss_fn(model, inputs, targets)`` returns the loss to backpropagate, or ``(loss, lm_loss)`` when
+    extra terms are added (``StepOutput.loss`` is then the mean ``lm_loss``). ``after_backward()`` runs
+    once the gradients are complete, before clipping. In a captured step both are captured too: they must
+    only launch device work (no ``.item()``, no Python decisions on tensor values).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int, seq_len: int,
                  *, accumulation: int = 1, grad_clip: float | None = 1.0, amp_dtype="auto",
-                 cuda_graph="auto", compile: bool = False, warmup_steps: int = 3):
+                 cuda_graph="auto", compile: bool = False, warmup_steps: int = 3,
+                 loss_fn=lm_loss, after_backward=None):
         if accumulation < 1 or batch_size < 1 or seq_len < 1:
             raise ValueError(f"accumulation, batch_size and seq_len must be >= 1, got "
                              f"{accumulation}, {batch_size}, {seq_len}")
@@ -114,7 +119,8 @@ class TrainStep:
         self.amp_dtype = (torch.bfloat16 if on_cuda else None) if amp_dtype == "auto" else amp_dtype
         self.accumulation, self.grad_clip = accumulation, grad_clip
         self.warmup_steps = max(int(warmup_steps), 1) if self.use_graph else 0
-        self.loss_fn = torch.compile(lm_loss, dynamic=False) if compile else lm_loss
+        self.loss_fn = torch.compile(loss_fn, dynamic=False) if compile else loss_fn
+        self.after_backward = after_backward
         self.params = [p for p in model.parameters() if p.requires_grad]
         shape = (accumulation, batch_size, seq_len)
         self.static_inputs = torch.zeros(shape, dtype=torch.long, device=self.device)
@@ -157,8 +163,11 @@ class TrainStep:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None, cache_enabled=False):
                 loss = self.loss_fn(self.model, inputs[micro], targets[micro])
+            loss, reported = loss if isinstance(loss, tuple) else (loss, loss)
             (loss / self.accumulation).backward()
-            total = loss.detach().float() if total is None else total + loss.detach().float()
+            total = reported.detach().float() if total is None else total + reported.detach().float()
+        if self.after_backward is not None:
+            self.after_backward()
         if self.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=self.device.type == "cuda")
         else:
