@@ -83,7 +83,8 @@ def relaunch_argv(args, run_dir) -> list[str]:
     argv = ["train"]
     for action in args.train_parser._actions:
         value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest in ("help", "nproc", "out") or value in (None, [], False):
+        if not action.option_strings or action.dest in ("help", "nproc", "out") or value is None \
+                or value is False or value == []:
             continue
         for item in value if isinstance(value, list) else [value]:
             argv += [action.option_strings[0]] + ([] if action.nargs == 0 else [str(item)])
