@@ -110,9 +110,10 @@ def fused_ops_wanted(x) -> bool:
     Yes on CUDA when FLA is usable, except while ``torch.compile`` traces the model (Inductor fuses the
     PyTorch versions into its own kernels, and an opaque Triton call would split its graph).
     ``GROUNDTHINK_FUSED_OPS=0`` keeps the PyTorch versions on CUDA (to measure what the kernels buy).
+    Float64 stays on PyTorch too: the kernels compute in float32, and float64 is the reference precision.
     """
     if not x.is_cuda or os.environ.get("GROUNDTHINK_FUSED_OPS") == "0" or not fla_available():
         return False
     import torch
 
-    return not torch.compiler.is_compiling()
+    return x.dtype != torch.float64 and not torch.compiler.is_compiling()
