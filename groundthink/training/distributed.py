@@ -153,8 +153,7 @@ def is_peer_failure(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
-        mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Timed out",
-                                  "timed out", "NCCL"))
+        mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out"))
 
 
 class LostRanks(UserError):
