@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                         help="start no run that the slowest run so far says would end after this many seconds")
     parser.add_argument("--pack", metavar="FILE.tar.gz",
                         help="afterwards, archive the sweep folder without checkpoints (to carry results elsewhere)")
+    parser.add_argument("--estimate", metavar="STEPS", nargs="?", const="3",
+                        help="train nothing: time STEPS (default 3) steps of each row here and print how long the "
+                             "sweep would take, one run at a time (an estimate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a base config field for every run, e.g. --set train.steps=50 (repeatable)")
     parser.set_defaults(func=run)
@@ -53,6 +56,13 @@ def run(args) -> int:
     spec = load_spec(args.spec, data_root=args.data_root, overrides=args.overrides,
                      seeds=integers(args.seeds, "--seeds") if args.seeds else None,
                      only=[m.strip() for m in args.only.split(",") if m.strip()] if args.only else None)
+    if args.estimate is not None:
+        from groundthink.experiments.estimate import estimate
+        from groundthink.experiments.spec import check_data
+
+        check_data(spec)
+        estimate(spec, coerce(args.estimate, int, "--estimate", True))
+        return 0
     return run_sweep(spec, Path(args.out) if args.out else None, parallel=parallel, time_budget=budget,
                      dry_run=args.dry_run, report_only=args.report,
                      results_dir=Path(args.results) if args.results else None,
