@@ -178,6 +178,31 @@ def test_a_trained_run_missing_its_measurements_is_only_measured(baseline, tmp_p
     assert measured["ablation"] == pytest.approx(expected["ablation"], rel=1e-5)
 
 
+def test_a_time_budget_starts_nothing_it_cannot_finish(baseline, tmp_path):
+    spec_path, _, _ = baseline
+    lines = []
+    assert run_sweep(load_spec(spec_path), tmp_path / "out", time_budget=0.0, log=lines.append) == 0
+    assert lines[-1] == "0 of 4 runs finished; 4 left: run the same command again to continue"
+    assert not list((tmp_path / "out").glob("*/seed*"))
+    assert "- GF-MH seed 0: missing" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_packed_sweep_reports_the_same_elsewhere(baseline, tmp_path):
+    import tarfile
+
+    spec_path, out, _ = baseline
+    archive = tmp_path / "packed.tar.gz"
+    assert run_sweep(load_spec(spec_path), out, pack=archive, log=lambda line: None) == 0
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert not any("checkpoints" in name for name in names)
+        tar.extractall(tmp_path / "elsewhere", filter="data")
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "elsewhere" / "out"), "--report",
+                 "--results", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert (tmp_path / "report" / "plots" / "pareto.png").exists()
+
+
 def test_a_folder_made_by_another_spec_is_refused(baseline, tmp_path):
     spec_path, out, _ = baseline
     with pytest.raises(UserError, match=r"different sweep spec \(train.steps: 16 there, 20 here\)"):
