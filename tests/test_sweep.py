@@ -203,6 +203,17 @@ def test_a_packed_sweep_reports_the_same_elsewhere(baseline, tmp_path):
     assert (tmp_path / "report" / "plots" / "pareto.png").exists()
 
 
+def test_without_matplotlib_the_tables_are_still_written(baseline, tmp_path, monkeypatch):
+    spec_path, out, _ = baseline  # the GPU machines may lack matplotlib: plots are then made elsewhere
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "groundthink.experiments.plots", raising=False)
+    lines = []
+    assert run_sweep(load_spec(spec_path), out, report_only=True, results_dir=tmp_path, log=lines.append) == 0
+    assert any("matplotlib is not installed" in line for line in lines)
+    assert (tmp_path / "results.md").exists() and not (tmp_path / "plots").exists()
+
+
 def test_a_folder_made_by_another_spec_is_refused(baseline, tmp_path):
     spec_path, out, _ = baseline
     with pytest.raises(UserError, match=r"different sweep spec \(train.steps: 16 there, 20 here\)"):

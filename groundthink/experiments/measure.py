@@ -41,7 +41,8 @@ def ablation(model, windows: torch.Tensor, batch_size: int, device, autocast=con
     return result
 
 
-def long_context(model, val_tokens, tokenizer, seq_len: int, length: int, sequences: int) -> dict:
+def long_context(model, val_tokens, tokenizer, seq_len: int, length: int, sequences: int,
+                 autocast=contextlib.nullcontext) -> dict:
     """Loss by position bucket up to ``length`` tokens (the diagnostics' LC analysis)."""
     from groundthink.diagnostics.analyses import long_context as lc_suite
     from groundthink.diagnostics.probe import DiagnoseOptions, Probe
@@ -52,7 +53,8 @@ def long_context(model, val_tokens, tokenizer, seq_len: int, length: int, sequen
     was_training = model.training
     model.eval()
     try:
-        result = lc_suite(Probe(model, val_tokens, tokenizer, options=options))
+        with autocast():  # the precision the run trained and evaluated in
+            result = lc_suite(Probe(model, val_tokens, tokenizer, options=options))
     finally:
         model.train(was_training)
     data = dict(result.data or {})
@@ -84,5 +86,5 @@ def final_measurements(model, data, config, measure, device, autocast=contextlib
         result["ablation"] = ablation(model, windows, tc.batch_size, device, autocast)
     if measure.long_context:
         result["long_context"] = long_context(model, data.val, data.tokenizer, tc.seq_len, measure.long_context,
-                                              measure.long_sequences)
+                                              measure.long_sequences, autocast)
     return result
