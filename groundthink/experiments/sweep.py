@@ -184,11 +184,10 @@ class WorkerProcess:
         os.close(write_fd)
         self.results = os.fdopen(read_fd, "r")
         self.item: Planned | None = None
-        self.started = 0.0
         self.signalled = False
 
     def assign(self, item: Planned) -> None:
-        self.item, self.started, self.signalled = item, time.perf_counter(), False
+        self.item, self.signalled = item, False
         self.process.stdin.write(f"{item.run_dir.resolve()}\n")
         self.process.stdin.flush()
 
