@@ -149,19 +149,26 @@ def test_empty_folder_is_refused(tmp_path):
 
 # ---- the sampler ---------------------------------------------------------------------------------
 
-def test_sampler_is_seeded_per_rank_and_resumes_exactly():
+def test_sampler_is_seeded_and_resumes_exactly():
     tokens = np.arange(1000, dtype=np.uint16)
     a, b = RandomWindowSampler(tokens, 4, 8, seed=1), RandomWindowSampler(tokens, 4, 8, seed=1)
     x, y = a.next_batch()
     assert torch.equal(x, b.next_batch()[0])
+    assert not torch.equal(x, RandomWindowSampler(tokens, 4, 8, seed=2).next_batch()[0])
     assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 7, dtype=torch.long))
-    other_rank = RandomWindowSampler(tokens, 4, 8, seed=1, rank=1)
-    assert not torch.equal(other_rank.next_batch()[0], x)
     state = a.state_dict()
     expected = [a.next_batch()[0] for _ in range(3)]
     restored = RandomWindowSampler(tokens, 4, 8, seed=99)
     restored.load_state_dict(state)
     assert all(torch.equal(restored.next_batch()[0], e) for e in expected)
+
+
+def test_ranks_draw_disjoint_rows_of_one_global_batch():
+    tokens = np.arange(1000, dtype=np.uint16)
+    single = RandomWindowSampler(tokens, 4, 8, seed=1).next_batch()[0]
+    rank0 = RandomWindowSampler(tokens, 2, 8, seed=1, rank=0, world_size=2).next_batch()[0]
+    rank1 = RandomWindowSampler(tokens, 2, 8, seed=1, rank=1, world_size=2).next_batch()[0]
+    assert torch.equal(single[0::2], rank0) and torch.equal(single[1::2], rank1)
 
 
 def test_eval_windows_are_fixed_and_cover_the_split():

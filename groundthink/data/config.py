@@ -15,11 +15,13 @@ class DataConfig:
     vocab_size: int = 16000          # BPE only
     val_fraction: float = 0.1
     cache_dir: str | None = None     # default: $GROUNDTHINK_CACHE or ~/.cache/groundthink
-    # The generated recall corpus (source "recall"): its seed, size in characters, pairs per record.
+    # The generated recall corpus (source "recall"): its seed, size in characters, pairs per record. One or
+    # two pairs: a small model learns the recall within the 300 steps of the default run (measured: ~80% of
+    # the answers right at step 200, from 10% chance); every extra pair makes it much slower to appear.
     seed: int = 0
     recall_chars: int = 1_000_000
-    recall_min_pairs: int = 2
-    recall_max_pairs: int = 8
+    recall_min_pairs: int = 1
+    recall_max_pairs: int = 2
 
     def validate(self) -> None:
         from groundthink.data.tokenizers import TOKENIZER_KINDS

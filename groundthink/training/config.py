@@ -42,7 +42,7 @@ class ModelSection:
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 32
     seq_len: int = 64
     grad_accum: int = 1              # micro-batches per optimizer step (effective batch = batch_size * this)
