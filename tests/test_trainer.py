@@ -206,3 +206,31 @@ def test_thirty_steps_on_tiny_shakespeare_lower_the_val_loss(tmp_path):
     assert initial == pytest.approx(math.log(65), abs=0.3)
     trainer.fit()
     assert trainer.last_eval["val_loss"] < initial - 0.8, (initial, trainer.last_eval["val_loss"])
+
+
+class FlatValLoss(TrainerHook):
+    """Reports the same val loss at every eval: a plateau from the second eval on."""
+
+    def on_eval(self, trainer, record):
+        record["val_loss"] = 1.0
+
+
+def test_plateau_protocol_cuts_the_learning_rate_then_stops_the_run(tmp_path):
+    # lr == min_lr and no warmup: the schedule is flat, so every change of lr is the protocol's.
+    config = tiny_config(steps=40, eval_every=2, plateau=True, plateau_patience=0.1, plateau_factor=0.5,
+                         warmup_ratio=0.0, lr=3e-4, min_lr=3e-4)
+    summary = Trainer(config, tmp_path / "run", hooks=[FlatValLoss()]).fit()
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"}
+    assert lrs[6] == pytest.approx(3e-4) and lrs[7] == pytest.approx(1.5e-4)  # cut after the eval at step 6
+    assert lrs[11] == pytest.approx(7.5e-5)                                   # and after the eval at step 10
+    assert summary["status"] == "plateau" and summary["step"] == 14           # no gain after two cuts: stop
+    assert ckpt.read_pointer(tmp_path / "run", "latest").name == "step_0000014"
+
+
+@pytest.mark.parametrize("key", ["GPT2", "MAMBA2", "CP", "SEQ-RMMR"])
+def test_baselines_and_ungated_variants_train_and_evaluate(tmp_path, key):
+    summary = Trainer(tiny_config(key, steps=2, eval_every=2), tmp_path / "run").fit()
+    final = summary["final"]
+    assert summary["status"] == "completed" and math.isfinite(final["val_loss"])
+    assert ("grad_ratio" in final) == (key in ("CP", "SEQ-RMMR"))  # needs both branches
+    assert "gate_rwkv" not in final  # no interpolation gate

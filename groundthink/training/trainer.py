@@ -212,6 +212,7 @@ class Trainer:
         scale = self.lr_scale()
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr * group["lr_mult"] * scale
+        self.last_lr = tc.lr * scale  # what the log reports (the base group's rate of this step)
         self.optimizer.step()
         self.step += 1
         self.tokens_seen += tc.batch_size * tc.seq_len * tc.grad_accum * self.world_size
@@ -275,7 +276,7 @@ class Trainer:
             self.diverged()
         elapsed = now - self._interval_start
         self.train_seconds += elapsed
-        record = {"kind": "train", "step": self.step, "loss": loss_value, "lr": self.lr_scale() * self.config.train.lr,
+        record = {"kind": "train", "step": self.step, "loss": loss_value, "lr": self.last_lr,
                   "grad_norm": grad_norm, "tok_per_s": self._interval_tokens / max(elapsed, 1e-9),
                   "tokens": self.tokens_seen, "elapsed_s": self.train_seconds}
         self._interval_start, self._interval_tokens = time.perf_counter(), 0
