@@ -224,3 +224,19 @@ def test_readme_main_command_learns_on_cpu_in_under_two_minutes(tmp_path):
     assert evals[-1]["val_loss"] < math.log(len(vocab)) - 1.2  # from ~3.6 (uniform) to below ~2.4
     assert evals[0]["recall_acc"] < evals[-1]["recall_acc"] and evals[-1]["recall_acc"] > 0.5  # chance: 0.1
     assert elapsed < 120, f"the default run took {elapsed:.0f} s"
+
+
+def test_a_run_on_a_local_file_resumes_and_evaluates_from_another_directory(tmp_path, capsys, monkeypatch):
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcab cabba " * 300)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *FAST, "--data", "corpus.txt", "--out", "run")
+    assert code == 0, err
+    assert load_config(tmp_path / "run" / "config.yaml").data.source == str(text)  # stored absolute
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run_cli(capsys, "--resume", "../run", "--data", "../corpus.txt", "--steps", "8")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", "../run", "--json")
+    assert code == 0 and json.loads(out)["step"] in (3, 6, 8), err

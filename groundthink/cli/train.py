@@ -43,6 +43,7 @@ def flag_overrides(args) -> list[str]:
 def build_config(args):
     """The run's config and folder, from the flags (new run) or from the run folder (``--resume``)."""
     from groundthink.training.config import config_from_dict, load_config, read_yaml
+    from groundthink.training.trainer import absolute_source
 
     overrides = flag_overrides(args) + list(args.overrides)
     if not args.resume:
@@ -62,6 +63,8 @@ def build_config(args):
         raise UserError(f"run {run_dir} trained model {saved.model.key!r}, not {args.model!r}; drop --model to "
                         f"resume it, or start a new run with --out")
     config = load_config(None, overrides, base=copy.deepcopy(saved))
+    for data in (saved.data, config.data):  # a relative path to the same file is the same data
+        data.source, data.val_source = absolute_source(data.source), absolute_source(data.val_source)
     # Training settings may change on resume; the model and the data may not (the checkpoint depends on them).
     for section in ("model", "data"):
         before, after = saved.to_dict()[section], config.to_dict()[section]

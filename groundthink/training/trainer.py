@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from groundthink.data import RandomWindowSampler, eval_windows, load_data, load_tokenizer
+from groundthink.data import NAMED_SOURCES, RandomWindowSampler, eval_windows, load_data, load_tokenizer
 from groundthink.data.files import atomic_write_text
 from groundthink.diagnostics.metrics import grad_ratio, record_balance
 from groundthink.errors import UserError
@@ -85,6 +85,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def absolute_source(source: str | None) -> str | None:
+    """A data source that names an existing local path, made absolute; named sources unchanged."""
+    if source is None or source in NAMED_SOURCES or not Path(source).expanduser().exists():
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir, *, resume: bool = False, rank: int = 0, world_size: int = 1,
                  device: str | torch.device | None = None, hooks=(), data=None):
@@ -107,6 +114,9 @@ class Trainer:
         self.model_config = config.model_config(self.tokenizer.vocab_size)
         self.config = copy.deepcopy(config)
         self.config.model.settings = self.model_config.to_dict()
+        # Local data paths as absolute paths, so the run folder resumes and evaluates from any directory.
+        self.config.data.source = absolute_source(config.data.source)
+        self.config.data.val_source = absolute_source(config.data.val_source)
         from groundthink.training.interventions import intervention_hooks  # here: it imports this module
         self.hooks = intervention_hooks(self.config.interventions, self.model_config) + self.hooks
 
