@@ -193,11 +193,12 @@ def scan_inputs(kind: str, seq_len: int, seed: int = 0, batch: int = 2, heads: i
 BF16_INPUTS = {"rwkv6": ("r", "k", "v"), "ssd": ("x", "B", "C")}
 
 
-def run_scan(fn, inputs: dict, out_weight, state_weight) -> dict[str, torch.Tensor]:
+def run_scan(fn, inputs: dict, out_weight, state_weight, through_state: bool = True) -> dict[str, torch.Tensor]:
     leaves = {name: t.detach().clone().requires_grad_(True) for name, t in inputs.items()}
     out, state = fn(**leaves)
-    loss = (out.double() * out_weight.to(out.device, torch.float64)).sum() \
-        + (state.double() * state_weight.to(state.device, torch.float64)).sum()
+    loss = (out.double() * out_weight.to(out.device, torch.float64)).sum()
+    if through_state:
+        loss = loss + (state.double() * state_weight.to(state.device, torch.float64)).sum()
     loss.backward()
     return {"out": out.detach(), "final_state": state.detach(),
             **{f"grad.{name}": t.grad for name, t in leaves.items()}}
@@ -216,12 +217,18 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
 
     fast, torch_path = (rwkv6, rwkv6_chunk_torch) if kind == "rwkv6" else (ssd, ssd_chunk_torch)
     inputs = scan_inputs(kind, seq_len)
+    # FLA's fused recurrent RWKV-6 kernel (T <= 64) gets dk/dv/dw wrong when the loss depends on the final
+    # state, so groundthink.ops.rwkv6 refuses that gradient there: compare the output-only loss, and check
+    # the refusal separately.
+    through_state = not (kind == "rwkv6" and seq_len <= 64)
     reference = run_scan(torch_path, {n: t.double() for n, t in inputs.items()},
-                         *(fixed_randn(s, 20 + i) for i, s in enumerate(out_and_state_shapes(kind, inputs))))
+                         *(fixed_randn(s, 20 + i) for i, s in enumerate(out_and_state_shapes(kind, inputs))),
+                         through_state=through_state)
     low = BF16_INPUTS[kind] if precision == "bf16" else ()
     on_device = {n: t.to(device, torch.bfloat16 if n in low else torch.float32) for n, t in inputs.items()}
     result = run_scan(fast, on_device,
-                      *(fixed_randn(s, 20 + i, device) for i, s in enumerate(out_and_state_shapes(kind, inputs))))
+                      *(fixed_randn(s, 20 + i, device) for i, s in enumerate(out_and_state_shapes(kind, inputs))),
+                      through_state=through_state)
     typical = grad_rms(t for n, t in reference.items() if n.startswith("grad."))
     checks = []
     for name, expected in reference.items():
@@ -229,6 +236,15 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
         checks.append(check("ops", f"{kind}_T{seq_len}.{name}", precision, result[name], expected,
                             TOLERANCES[precision]["grad" if is_grad else "out"], typical=typical if is_grad else None,
                             backend=scan_backend(kind), reference="torch_chunked_fp64_cpu"))
+    if not through_state and scan_backend(kind) == "fla":
+        refused = False
+        try:
+            run_scan(fast, on_device, *(fixed_randn(s, 20 + i, device)
+                                        for i, s in enumerate(out_and_state_shapes(kind, inputs))))
+        except RuntimeError as err:
+            refused = "final RWKV-6 state" in str(err)
+        checks.append({"group": "ops", "name": f"{kind}_T{seq_len}.refuses_final_state_grad", "precision": precision,
+                       "passed": refused, "tol": None, "backend": "fla"})
     return checks
 
 
@@ -265,15 +281,53 @@ def model_parity(precision: str, seq_len: int, key: str = "GF-MH", batch: int = 
         out = gpu(inputs.to(device), targets=targets.to(device))
     out.loss.backward()
     tol = TOLERANCES[precision]
+    # What the precision alone costs: the same model on the same GPU through GroundThink's PyTorch scans, in
+    # the same precision, with TF32 matmuls in float32 (FLA's float32 Triton dots are TF32). The kernel path
+    # passes when it is within tolerance of the float64 reference or no worse than twice that baseline.
+    baseline = torch_path_result(cpu, inputs, targets, precision, device)
     context = {"model": key, "seq_len": seq_len, "reference": "torch_fp64_cpu"}
-    checks = [check("model", f"{key}_T{seq_len}.logits", precision, out.logits.float(), ref.logits, tol["out"], **context),
-              check("model", f"{key}_T{seq_len}.loss", precision, out.loss, ref.loss, tol["out"], **context)]
+
+    def entry(name, actual, expected, base, limit, typical=None):
+        base_err = measure(base, expected)["rel_err"]
+        if typical is not None:
+            diff = base.detach().double().cpu() - expected.detach().double().cpu()
+            base_err = min(base_err, float(diff.square().mean().sqrt() / max(typical, 1e-30)))
+        return check("model", f"{key}_T{seq_len}.{name}", precision, actual, expected, max(limit, 2 * base_err),
+                     typical=typical, torch_path_rel_err=base_err, **context)
+
+    checks = [entry("logits", out.logits.float(), ref.logits, baseline["logits"], tol["out"]),
+              entry("loss", out.loss, ref.loss, baseline["loss"], tol["out"])]
     ref_params = dict(cpu.named_parameters())
     typical = grad_rms(p.grad for p in ref_params.values())
     for name, p in gpu.named_parameters():
-        checks.append(check("model", f"{key}_T{seq_len}.grad.{name}", precision, p.grad, ref_params[name].grad,
-                            tol["grad"], typical=typical, **context))
+        checks.append(entry(f"grad.{name}", p.grad, ref_params[name].grad, baseline[f"grad.{name}"], tol["grad"],
+                            typical=typical))
     return checks
+
+
+def torch_path_result(cpu_model, inputs, targets, precision: str, device: str) -> dict[str, torch.Tensor]:
+    """Logits, loss and gradients of a float32 copy of ``cpu_model`` on ``device`` with FLA switched off."""
+    from groundthink.ops import backend
+
+    model = copy.deepcopy(cpu_model).float().to(device)
+    model.zero_grad(set_to_none=True)
+    previous_env, previous_tf32 = os.environ.get("GROUNDTHINK_DISABLE_FLA"), torch.backends.cuda.matmul.allow_tf32
+    os.environ["GROUNDTHINK_DISABLE_FLA"] = "1"
+    backend.fla_available.cache_clear()
+    torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"
+    try:
+        with autocast(precision):
+            out = model(inputs.to(device), targets=targets.to(device))
+        out.loss.backward()
+    finally:
+        if previous_env is None:
+            os.environ.pop("GROUNDTHINK_DISABLE_FLA")
+        else:
+            os.environ["GROUNDTHINK_DISABLE_FLA"] = previous_env
+        backend.fla_available.cache_clear()
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+    return {"logits": out.logits.float().detach(), "loss": out.loss.detach(),
+            **{f"grad.{n}": p.grad for n, p in model.named_parameters()}}
 
 
 # ---------------------------------------------------------------------------------------------------------

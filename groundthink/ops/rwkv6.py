@@ -112,5 +112,19 @@ def _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state):
 
     # FLA's own layer switches to the recurrent kernel for short inputs: it is faster there.
     kernel = fused_recurrent_rwkv6 if r.shape[1] <= 64 else chunk_rwkv6
-    return kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
-                  output_final_state=output_final_state)
+    o, final_state = kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
+                            output_final_state=output_final_state)
+    if kernel is fused_recurrent_rwkv6 and final_state is not None and final_state.requires_grad:
+        # Measured on an H100 (benchmarks/results/2026-11-25-h100/gpu_parity.json, ops rwkv6_T37): FLA 0.6's
+        # fused recurrent backward gets dk, dv, dw wrong (12-16%) when the loss depends on the final state.
+        # Training never backpropagates through it (states are carried detached), so fail loudly if it does.
+        final_state.register_hook(_refuse_final_state_grad)
+    return o, final_state
+
+
+def _refuse_final_state_grad(grad):
+    if grad is None:  # autograd calls the hook with None when nothing downstream used the state
+        return None
+    raise RuntimeError("backpropagating through the final RWKV-6 state of a <= 64-token CUDA call is not supported "
+                       "(FLA 0.6's fused recurrent kernel returns wrong key/value/decay gradients); detach the carried "
+                       "state, or pass more than 64 tokens per call so the chunked kernel is used")
