@@ -5,7 +5,7 @@ import torch
 
 from groundthink.data import DataConfig, RandomWindowSampler, eval_windows, load_data
 from groundthink.data import sources
-from groundthink.data.synthetic import RecallTask, answer_mask, recall_text
+from groundthink.data.synthetic import answer_mask, recall_text
 from groundthink.errors import UserError
 from training_utils import SHAKESPEARE, one_thread  # noqa: F401 (one_thread: autouse fixture)
 

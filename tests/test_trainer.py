@@ -48,7 +48,8 @@ def test_parameter_groups_split_branches_and_exempt_norms_biases_gains_gates():
     for name in ("layers.0.norm.weight", "norm_out.weight", "layers.0.fusion.gate_proj.weight",
                  "layers.0.fusion.gate_proj.bias"):
         assert group(name) == "other_no_decay", name
-    for name in ("layers.0.mamba2.A_log", "layers.0.mamba2.D", "layers.0.mamba2.dt_bias", "layers.0.mamba2.conv1d.bias"):
+    for name in ("layers.0.mamba2.A_log", "layers.0.mamba2.D", "layers.0.mamba2.dt_bias",
+                 "layers.0.mamba2.conv1d.bias"):
         assert group(name) == "mamba_no_decay", name
     assert group("layers.0.rwkv6.x_bias") == "rwkv_no_decay" and group("layers.0.rwkv6.bonus") == "rwkv_no_decay"
     assert groups["mamba"]["lr"] == pytest.approx(2e-3) and groups["rwkv"]["lr"] == pytest.approx(1e-3)

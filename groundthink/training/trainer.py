@@ -142,6 +142,7 @@ class Trainer:
         self._loss_count = 0
         self._grad_norm = torch.zeros((), device=self.device)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.last_lr = 0.0                  # the learning rate of the last step (logged)
         self.stop_reason: str | None = None
         self.signal_received: int | None = None
         self.logger = None
