@@ -137,3 +137,16 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     b = load_file(str(ckpt.read_pointer(run, "latest") / ckpt.WEIGHTS))
     assert ckpt.read_pointer(run, "latest").name == "step_0000060"
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bpe_run_reloads_with_its_tokenizer(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("The cat sat on the mat. The dog sat on the log. " * 200)
+    config = tiny_config(steps=2, eval_every=2, data={"source": str(text), "tokenizer": "bpe", "vocab_size": 300})
+    Trainer(config, tmp_path / "run").fit()
+    run = load_run(tmp_path / "run")
+    assert run.tokenizer.kind == "bpe" and run.tokenizer.vocab_size == run.model.config.vocab_size <= 300
+    ids = run.tokenizer.encode("The dog sat on the mat.")
+    assert run.tokenizer.decode(ids) == "The dog sat on the mat." and len(ids) < 23
+    logits = run.model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), run.tokenizer.vocab_size)
