@@ -62,6 +62,8 @@ class BalanceLoss(TrainerHook):
     a gate pushed into the band cannot be undone by a larger RWKV norm weight.
     """
 
+    graph_safe = True  # the penalty is device work of a fixed shape; last_penalty is read at eval only
+
     def __init__(self, weight: float, target: str, low: float, high: float):
         self.weight, self.target, self.low, self.high = weight, target, low, high
         self.shares: list[torch.Tensor] = []
@@ -113,6 +115,9 @@ class GateFreeze(TrainerHook):
     freezes exactly as an uninterrupted one.
     """
 
+    graph_unsafe_because = ("interventions.gate_freeze_steps switches which parameters train mid-run, which a "
+                            "captured step cannot follow")
+
     def __init__(self, steps: int):
         self.steps = steps
 
@@ -136,6 +141,8 @@ class MambaGradScale(TrainerHook):
     ``scale``: clipping scales both branches alike), so it compares across interventions;
     ``grad_ratio_scaled`` is the ratio the optimizer saw.
     """
+
+    graph_safe = True  # one in-place multiply of the gradients, whose memory a captured step keeps
 
     def __init__(self, scale: float):
         self.scale = scale

@@ -15,6 +15,11 @@ Extension points, so additions need no rewrite of the loop:
 
 The loss stays on the device between log steps: the only host syncs are at ``log_every``, at evals and at
 checkpoints.
+
+``train.cuda_graph`` (``on`` / ``auto``) runs the step through ``cuda_graph.TrainStep`` instead: the same
+micro-batches, hooks, clipping and AdamW step, captured once as one CUDA graph and replayed (on CPU it
+runs eagerly and matches the eager step). Hooks then run inside the graph: only those marked
+``graph_safe`` may (see ``TrainerHook``).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +45,7 @@ from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import Config
 from groundthink.training.evaluation import autocast_for, evaluate_loss, perplexity
 from groundthink.training.logging import Console, MetricsLogger, clean, format_eval, truncate_metrics
-from groundthink.training.optim import build_optimizer
+from groundthink.training.optim import build_optimizer, parameter_groups
 from groundthink.training.schedule import PlateauProtocol, lr_at
 
 
@@ -48,7 +54,17 @@ class TrainingDiverged(UserError):
 
 
 class TrainerHook:
-    """Override any of these; the trainer calls them in order for every hook it was given."""
+    """Override any of these; the trainer calls them in order for every hook it was given.
+
+    ``graph_safe``: with ``train.cuda_graph`` the step is captured once and replayed, and ``forward_context``,
+    ``extra_loss`` and ``on_after_backward`` are captured with it. A hook may set ``graph_safe = True`` when
+    those only launch device work whose shape never changes (no ``.item()``, no decision on a tensor's
+    value) and ``on_step_start`` changes nothing the step reads (no ``requires_grad`` switching).
+    ``graph_unsafe_because`` names why not, for the error message.
+    """
+
+    graph_safe = False
+    graph_unsafe_because: str | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
@@ -123,7 +139,9 @@ class Trainer:
         torch.manual_seed(tc.seed)  # the same initial weights on every rank and every rerun
         self.model = GroundThinkLM(self.model_config).to(self.device)
         self.train_model = self.wrap_model(self.model)
-        self.optimizer = build_optimizer(self.model, tc)
+        self.use_graph_step = self.wants_graph_step(tc.cuda_graph)
+        self.optimizer = self.build_graph_optimizer() if self.use_graph_step else build_optimizer(self.model, tc)
+        self.graph_step = None              # the TrainStep (built at the first step) when use_graph_step
         self.sampler = RandomWindowSampler(self.data.train, tc.batch_size, tc.seq_len, tc.seed, rank, world_size)
         self.val_windows = eval_windows(self.data.val, tc.seq_len, tc.eval_windows)
         self.task = self.data.task(tc.seq_len) if self.is_main else None
@@ -175,16 +193,96 @@ class Trainer:
             torch.distributed.barrier()
 
     # ----------------------------------------------------------------------------------------------
+    # The captured step (train.cuda_graph).
+
+    def graph_step_problem(self) -> str | None:
+        """Why this run's step cannot be captured as a CUDA graph (None when it can)."""
+        if self.world_size > 1 or self.train_model is not self.model:
+            return (f"cannot capture a distributed (DDP/FSDP) step (world size {self.world_size}): its "
+                    f"all-reduce runs outside the graph")
+        for hook in self.hooks:
+            if not getattr(hook, "graph_safe", False):
+                why = getattr(hook, "graph_unsafe_because", None) or "it is not marked graph_safe"
+                return f"cannot capture the hook {type(hook).__name__} ({why})"
+        return None
+
+    def wants_graph_step(self, mode: str) -> bool:
+        """Whether steps run through ``TrainStep``. ``on`` where it cannot work is a one-line error."""
+        if mode == "off":
+            return False
+        problem = self.graph_step_problem()
+        if problem is not None:
+            if mode == "auto":
+                return False
+            raise UserError(f"train.cuda_graph=on {problem}; use train.cuda_graph=auto (it falls back to the "
+                            f"eager step) or train.cuda_graph=off")
+        if self.device.type != "cuda":
+            if mode == "auto":
+                return False
+            warnings.warn(f"train.cuda_graph=on on {self.device}: there is no CUDA graph here, the same step "
+                          f"runs eagerly (for tests; use a CUDA device for the speedup)", stacklevel=3)
+        return True
+
+    def build_graph_optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW of ``build_optimizer`` in the form a graph can capture (fused, capturable, tensor lrs)."""
+        from groundthink.training.cuda_graph import make_adamw
+        tc = self.config.train
+        groups = parameter_groups(self.model, tc.lr, tc.weight_decay, tc.mamba_lr_mult)
+        return make_adamw(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+                          device=self.device)
+
+    def build_graph_step(self):
+        from groundthink.training.cuda_graph import TrainStep
+        tc = self.config.train
+        bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
+        return TrainStep(  # autocast is TrainStep's (without the weight-cast cache, as capture needs)
+            self.model, self.optimizer, tc.batch_size, tc.seq_len, accumulation=tc.grad_accum,
+            grad_clip=tc.grad_clip or None, amp_dtype=torch.bfloat16 if bf16 else None,
+            cuda_graph=self.device.type == "cuda",
+            loss_fn=lambda model, inputs, targets: self.compute_loss(inputs, targets, autocast=False),
+            after_backward=lambda: [hook.on_after_backward(self) for hook in self.hooks])
+
+    def graph_train_step(self) -> None:
+        """``train_step`` through ``TrainStep``: the same batches, learning rate, hooks and bookkeeping."""
+        tc = self.config.train
+        for hook in self.hooks:
+            hook.on_step_start(self)
+        if self.graph_step is None:
+            self.graph_step = self.build_graph_step()
+        batches = [self.sampler.next_batch() for _ in range(tc.grad_accum)]
+        inputs = torch.stack([inputs for inputs, _ in batches]).to(self.device, non_blocking=True)
+        targets = torch.stack([targets for _, targets in batches]).to(self.device, non_blocking=True)
+        scale = self.lr_scale()
+        for group in self.optimizer.param_groups:
+            lr = tc.lr * group["lr_mult"] * scale
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # in place: the captured optimizer step reads this memory
+            else:
+                group["lr"] = lr
+        self.last_lr = tc.lr * scale
+        out = self.graph_step(inputs, targets)  # static outputs: overwritten by the next call
+        self._loss_sum += out.loss  # the mean over the micro-batches, so it counts once
+        self._loss_count += 1
+        self._grad_norm = out.grad_norm.clone()
+        self._nonfinite |= ~torch.isfinite(out.grad_norm) | ~torch.isfinite(out.loss)
+        self.step += 1
+        self.tokens_seen += tc.batch_size * tc.seq_len * tc.grad_accum * self.world_size
+        for hook in self.hooks:
+            hook.on_step_end(self)
+
+    # ----------------------------------------------------------------------------------------------
     # One optimizer step.
 
-    def compute_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss to backpropagate, language-model loss)`` of one micro-batch."""
+    def compute_loss(self, inputs: torch.Tensor, targets: torch.Tensor,
+                     autocast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss to backpropagate, language-model loss)`` of one micro-batch (``autocast``: the run's
+        precision; ``TrainStep`` applies its own)."""
         with contextlib.ExitStack() as stack:
             for hook in self.hooks:
                 context = hook.forward_context(self)
                 if context is not None:
                     stack.enter_context(context)
-            with self.autocast():
+            with self.autocast() if autocast else contextlib.nullcontext():
                 output = self.train_model(inputs, targets=targets)
             loss = lm_loss = output.loss
             for hook in self.hooks:
@@ -200,6 +298,8 @@ class Trainer:
         return scale * (self.plateau.scale if self.plateau else 1.0)
 
     def train_step(self) -> None:
+        if self.use_graph_step:
+            return self.graph_train_step()
         tc = self.config.train
         for hook in self.hooks:
             hook.on_step_start(self)
@@ -377,11 +477,35 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"step": self.step, "model_key": self.config.model.key, "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step, "model_key": self.config.model.key, "optimizer": self.optimizer_state(),
                 "sampler": self.sampler.state_dict(), "rng": rng,
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "best_val_loss": self.best_val_loss, "best_step": self.best_step, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "hooks": [hook.state_dict() for hook in self.hooks]}
+
+    def optimizer_state(self) -> dict:
+        """``optimizer.state_dict()`` with plain-number learning rates (a captured step's are tensors), so
+        checkpoints of both steps have one format and resume with either."""
+        state = self.optimizer.state_dict()
+        for group in state["param_groups"]:  # copies of the groups: the live tensors stay as they are
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = group["lr"].item()
+        return state
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Load moments and step counts; how the optimizer runs stays this run's own: a captured step keeps
+        its flags (fused, capturable) and the lr tensors it reads, and an eager step never inherits a
+        captured run's ``capturable``."""
+        before = [dict(group) for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        kept = ("fused", "capturable", "foreach", "differentiable") if self.use_graph_step else ("capturable",)
+        for group, old in zip(self.optimizer.param_groups, before):
+            for flag in kept:
+                if flag in old:
+                    group[flag] = old[flag]
+            if isinstance(old["lr"], torch.Tensor):
+                old["lr"].fill_(float(group["lr"]))
+                group["lr"] = old["lr"]
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         state = ckpt.load_state(checkpoint)
@@ -390,7 +514,7 @@ class Trainer:
                             f"{self.config.model.key!r}; resume without --model, or start a new run with --out")
         ckpt.load_weights(self.model, checkpoint)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.load_optimizer_state(state["optimizer"])
         except (ValueError, KeyError) as err:
             raise UserError(f"optimizer state in {checkpoint} does not fit this model ({err}); "
                             f"resume with the run's own config.yaml") from None
