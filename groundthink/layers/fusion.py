@@ -1,8 +1,9 @@
 """Fusion modules: how the (normalized) RWKV-6 output ``r`` and Mamba-2 output ``m`` reach the residual stream.
 
 Each variant is one small class. ``forward(r, m)`` returns ``(fused, gate)`` where ``gate`` is the share
-given to RWKV that the variant measured (a tensor, broadcastable to ``r``), or ``None`` for variants
-without an interpolation gate (CP). The trainer and diagnostics read it as ``gate_rwkv`` (SPEC §4).
+given to RWKV by the variant's interpolation gate (a tensor, broadcastable to ``r``): the sigmoid gates of
+GF / HGF and WS's weight ``w``. Variants without an interpolation gate (HY's free gains, CP, RF) return
+``None``: SPEC §4 defines ``gate_rwkv`` for gated variants only, so nothing else is reported under that name.
 """
 from __future__ import annotations
 
@@ -27,10 +28,7 @@ class GainFusion(nn.Module):
         self.gain_mamba = nn.Parameter(torch.full((hidden_size,), 1.0 - float(gate_init)))
 
     def forward(self, r, m):
-        fused = self.gain_rwkv * r + self.gain_mamba * m
-        # RWKV's share of the two gains' magnitudes (the gains are free, so this is the honest "share").
-        share = self.gain_rwkv.abs() / (self.gain_rwkv.abs() + self.gain_mamba.abs() + 1e-8)
-        return fused, share
+        return self.gain_rwkv * r + self.gain_mamba * m, None  # free gains: no gate
 
 
 class GatedFusion(nn.Module):
@@ -81,8 +79,7 @@ class ResidualFusion(nn.Module):
         self.scale_mamba = nn.Parameter(torch.tensor(float(gate_init)))
 
     def forward(self, r, m):
-        share = 1.0 / (1.0 + self.scale_mamba.abs())
-        return r + self.scale_mamba * m, share
+        return r + self.scale_mamba * m, None  # a correction scale, not a gate
 
 
 # The registry of fusion kinds: name -> (class, whether it takes gate_init, extra kwargs).
