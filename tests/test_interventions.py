@@ -125,7 +125,8 @@ def test_balance_loss_is_logged_and_refused_where_it_cannot_apply(tmp_path):
     trainer.fit()
     final = trainer.last_eval
     assert final["balance_penalty"] >= 0 and 0 < final["balance_gate_rwkv"] < 1
-    for model, message in (("CP", "CP has none"), ("GPT2", "parallel hybrid blocks")):
+    for model, message in (("CP", "'concat_project' has none"), ("HY", "'gain' has none"),
+                           ("RF", "'residual' has none"), ("GPT2", "parallel hybrid blocks")):
         with pytest.raises(UserError, match=message):
             config = config_with("interventions.balance_weight=1", model=model)
             intervention_hooks(config.interventions, config.model_config())

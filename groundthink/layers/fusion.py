@@ -22,6 +22,8 @@ def logit(p: float) -> float:
 class GainFusion(nn.Module):
     """HY: fixed-across-positions per-channel gains, ``g_r * r + g_m * m``."""
 
+    has_gate = False  # forward returns an interpolation gate (logged as gate_rwkv)
+
     def __init__(self, hidden_size: int, gate_init: float = 0.7):
         super().__init__()
         self.gain_rwkv = nn.Parameter(torch.full((hidden_size,), float(gate_init)))
@@ -38,6 +40,8 @@ class GatedFusion(nn.Module):
     the bias at ``logit(gate_init)``, so every position starts with RWKV share exactly ``gate_init``.
     """
 
+    has_gate = True  # forward returns an interpolation gate (logged as gate_rwkv)
+
     def __init__(self, hidden_size: int, gate_init: float = 0.5, per_channel: bool = False):
         super().__init__()
         self.gate_proj = nn.Linear(2 * hidden_size, hidden_size if per_channel else 1)
@@ -52,6 +56,8 @@ class GatedFusion(nn.Module):
 class ConcatProjectFusion(nn.Module):
     """CP: ``Linear(2d, d, bias=False)([r, m])`` — unconstrained, so it reports no gate."""
 
+    has_gate = False  # forward returns an interpolation gate (logged as gate_rwkv)
+
     def __init__(self, hidden_size: int):
         super().__init__()
         self.proj = nn.Linear(2 * hidden_size, hidden_size, bias=False)
@@ -63,6 +69,8 @@ class ConcatProjectFusion(nn.Module):
 class WeightedSumFusion(nn.Module):
     """WS: one learned scalar, ``w * r + (1 - w) * m``."""
 
+    has_gate = True  # forward returns an interpolation gate (logged as gate_rwkv)
+
     def __init__(self, hidden_size: int, gate_init: float = 0.5):
         super().__init__()
         self.weight_rwkv = nn.Parameter(torch.tensor(float(gate_init)))
@@ -73,6 +81,8 @@ class WeightedSumFusion(nn.Module):
 
 class ResidualFusion(nn.Module):
     """RF: RWKV as the base, Mamba as a scaled correction, ``r + a * m``."""
+
+    has_gate = False  # forward returns an interpolation gate (logged as gate_rwkv)
 
     def __init__(self, hidden_size: int, gate_init: float = 0.3):
         super().__init__()

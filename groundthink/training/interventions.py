@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from groundthink.errors import UserError
-from groundthink.layers.fusion import (ConcatProjectFusion, GainFusion, GatedFusion, ResidualFusion,
+from groundthink.layers.fusion import (FUSIONS, ConcatProjectFusion, GainFusion, GatedFusion, ResidualFusion,
                                        WeightedSumFusion)
 from groundthink.training.interventions_config import InterventionsConfig
 from groundthink.training.trainer import TrainerHook
@@ -166,9 +166,9 @@ def intervention_hooks(settings: InterventionsConfig, model_config) -> list[Trai
         if "P" not in kinds:
             raise UserError("interventions.balance_weight needs parallel hybrid blocks (a fusion to balance); "
                             "use a fusion variant such as GF-MH or set interventions.balance_weight=0")
-        if settings.balance_target == "gate" and model_config.fusion == "concat_project":
-            raise UserError("interventions.balance_target=gate needs a fusion with a gate, and CP has none; "
-                            "use interventions.balance_target=share")
+        if settings.balance_target == "gate" and not FUSIONS[model_config.fusion][0].has_gate:
+            raise UserError(f"interventions.balance_target=gate needs a fusion with a gate, and the model's "
+                            f"fusion {model_config.fusion!r} has none; use interventions.balance_target=share")
         hooks.append(BalanceLoss(settings.balance_weight, settings.balance_target, settings.balance_low,
                                  settings.balance_high))
     if settings.gate_freeze_steps > 0:
