@@ -83,7 +83,8 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
     from groundthink.experiments.spec import Measure, build_config
     from groundthink.training.evaluation import autocast_for
     from groundthink.training.logging import clean
-    from groundthink.training.trainer import Trainer, TrainingDiverged, resolve_device
+    from groundthink.training.hooks import TrainingDiverged
+    from groundthink.training.trainer import Trainer, resolve_device
 
     run_dir = Path(run_dir)
     started = time.perf_counter()

@@ -55,7 +55,8 @@ import torch.distributed as dist
 from groundthink.data import load_data, load_tokenizer
 from groundthink.errors import UserError
 from groundthink.training import checkpoint as ckpt
-from groundthink.training.trainer import Trainer, TrainerHook, resolve_device
+from groundthink.training.hooks import TrainerHook
+from groundthink.training.trainer import Trainer, resolve_device
 
 FAULT_ENV = "GROUNDTHINK_FAULT"
 # Under torchrun a terminal's Ctrl-C reaches each rank twice (from the terminal and forwarded by torchrun):

@@ -19,7 +19,7 @@ from groundthink.errors import UserError
 from groundthink.layers.fusion import (FUSIONS, ConcatProjectFusion, GainFusion, GatedFusion, ResidualFusion,
                                        WeightedSumFusion)
 from groundthink.training.interventions_config import InterventionsConfig
-from groundthink.training.trainer import TrainerHook
+from groundthink.training.hooks import TrainerHook
 
 
 def fused_layers(model) -> list:
