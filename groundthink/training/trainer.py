@@ -45,6 +45,7 @@ from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import Config
 from groundthink.training.evaluation import autocast_for, evaluate_loss, perplexity
 from groundthink.training.hooks import TrainingDiverged
+from groundthink.training.interventions import intervention_hooks
 from groundthink.training.logging import Console, MetricsLogger, clean, format_eval, truncate_metrics
 from groundthink.training.optim import build_optimizer, parameter_groups
 from groundthink.training.schedule import PlateauProtocol, lr_at
@@ -90,7 +91,6 @@ class Trainer:
         # Local data paths as absolute paths, so the run folder resumes and evaluates from any directory.
         self.config.data.source = absolute_source(config.data.source)
         self.config.data.val_source = absolute_source(config.data.val_source)
-        from groundthink.training.interventions import intervention_hooks  # here: it imports this module
         self.hooks = intervention_hooks(self.config.interventions, self.model_config) + self.hooks
 
         torch.manual_seed(tc.seed)  # the same initial weights on every rank and every rerun
