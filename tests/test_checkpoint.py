@@ -14,7 +14,7 @@ from groundthink.models import get_model
 from groundthink.training import Trainer, load_run
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.logging import read_metrics
-from training_utils import TINY_FLAGS, TINY_MODEL, cli, cli_env, one_thread, tiny_config  # noqa: F401
+from training_utils import TINY_FLAGS, TINY_MODEL, cli, cli_env, tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from groundthink.data import DataConfig, RandomWindowSampler, eval_windows, load
 from groundthink.data import sources
 from groundthink.data.synthetic import answer_mask, recall_text
 from groundthink.errors import UserError
-from training_utils import SHAKESPEARE, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from training_utils import SHAKESPEARE
 
 
 @pytest.fixture(autouse=True)

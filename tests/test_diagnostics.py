@@ -44,16 +44,6 @@ class Chars:
         return "".join(self.chars[i] for i in ids)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (measured: 2 threads on a busy 2-core machine were 10x slower
-    per step, the threads spin-waiting on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus():
     if not DATA.is_file():

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from groundthink.cli.main import main
 
@@ -15,14 +14,6 @@ TINY_RUN = ["--steps", "20", "--batch-size", "8", "--seq-len", "32", "--device",
             "--set", "train.progress=false", "--set", "train.tensorboard=false",
             "--set", "model.hidden_size=32", "--set", "model.n_layers=2", "--set", "model.mamba_head_dim=16"]
 QUICK = ["--train-steps", "4", "--overfit-steps", "10", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest (see test_diagnostics.py)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GROUNDTHINK_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny models run faster so on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config_with(*overrides, model="GF-MH", **train):
     config = tiny_config(model, **train)
     for item in overrides:

@@ -22,16 +22,6 @@ TINY = dict(vocab_size=29, hidden_size=32, n_layers=3, rwkv_heads=2, mamba_head_
             attn_heads=2)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronization, and on a busy 2-core
-    machine its spin-waiting made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def tiny(key, **overrides):
     return get_model(key, **{**TINY, **overrides})
 

@@ -13,16 +13,6 @@ TOL = 1e-10
 PIECES = [(0, 11), (11, 12), (12, 13), (13, 40)]  # 40 tokens: a prefix, two decode steps, the rest
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronization, and on a busy 2-core
-    machine its spin-waiting made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def rel_err(actual, expected):
     return (torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected)).item()
 

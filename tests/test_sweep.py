@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from groundthink.cli.main import main
 from groundthink.data.synthetic import recall_text
@@ -53,18 +52,8 @@ def write_spec(folder: Path, text: str = SPEC, name: str = "tiny.yaml") -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: faster for these tiny models on a busy machine, and the same float reductions in
-    this process as in the sweep's subprocesses (OMP_NUM_THREADS=1), so resumed runs compare bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, one_thread):
+def baseline(tmp_path_factory):
     """The 2 x 2 sweep, run once in this process; tests read (and copy) its folder."""
     folder = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as patch:

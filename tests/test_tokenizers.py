@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 
 from groundthink.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from groundthink.errors import UserError
-from training_utils import SHAKESPEARE, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from training_utils import SHAKESPEARE
 
 TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n" * 40
 

@@ -12,7 +12,7 @@ from groundthink.cli.main import main
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import load_config
 from groundthink.training.logging import read_metrics
-from training_utils import REPO, TINY_FLAGS, cli_env, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from training_utils import REPO, TINY_FLAGS, cli_env
 
 FAST = ["--steps", "6", "--batch-size", "4", "--seq-len", "16", *TINY_FLAGS, "--set", "train.eval_every=3",
         "--set", "train.progress=false"]

@@ -14,7 +14,7 @@ from groundthink.training.config import load_config
 from groundthink.training.logging import read_metrics
 from groundthink.training.optim import parameter_groups
 from groundthink.training.schedule import PlateauProtocol, lr_at
-from training_utils import REPO, SHAKESPEARE, TINY_MODEL, one_thread, tiny_config  # noqa: F401 (autouse fixture)
+from training_utils import REPO, SHAKESPEARE, TINY_MODEL, tiny_config
 
 
 @pytest.fixture(autouse=True)

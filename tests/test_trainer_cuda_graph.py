@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from groundthink.errors import UserError
-from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import apply_override, config_from_dict
 from groundthink.training.cuda_graph import TrainStep
 from groundthink.training.logging import read_metrics
 from groundthink.training.trainer import Trainer
-from training_utils import one_thread, tiny_config  # noqa: F401
+from training_utils import tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -6,23 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 from groundthink.training.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a second thread is catastrophic on a busy machine
-    (OpenMP barriers wait for descheduled threads). One thread also matches the CLI subprocesses
-    (OMP_NUM_THREADS=1), whose results some tests compare bit for bit with in-process runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 TINY_MODEL = {"hidden_size": 32, "n_layers": 2, "rwkv_heads": 2, "mamba_head_dim": 16, "mamba_state_size": 16}
