@@ -90,6 +90,16 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_stopped_after_its_last_step_resumes_to_the_same_summary(tmp_path):
+    """SIGTERM can land after the last step's checkpoint: the resume trains nothing and must still report
+    the final evaluation (a sweep reads it from summary.json)."""
+    config = tiny_config(steps=6, eval_every=3)
+    done = Trainer(config, tmp_path / "run").fit()
+    again = Trainer(config, tmp_path / "run", resume=True).fit()
+    assert again["status"] == "completed" and again["final"] == done["final"]
+    assert again["final"]["step"] == 6 and "train_eval_loss" in again["final"]
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     big = Trainer(tiny_config(steps=2, batch_size=8, eval_every=100), tmp_path / "big")
     small = Trainer(tiny_config(steps=2, batch_size=4, grad_accum=2, eval_every=100), tmp_path / "small")

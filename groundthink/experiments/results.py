@@ -20,7 +20,7 @@ from groundthink.experiments.worker import read_json, run_state
 # Per-run numbers that are averaged over seeds, with how results.md prints them.
 METRICS = {
     "final_val_loss": "{:.4f}", "best_val_loss": "{:.4f}", "final_val_ppl": "{:.3f}", "best_val_ppl": "{:.3f}",
-    "grad_ratio": "{:.3g}", "gate_rwkv": "{:.3f}", "act_var_ratio": "{:.3g}", "ablation_share_mamba": "{:.1%}",
+    "train_eval_loss": "{:.4f}", "grad_ratio": "{:.3g}", "gate_rwkv": "{:.3f}", "act_var_ratio": "{:.3g}", "ablation_share_mamba": "{:.1%}",
     "long_context_ratio": "{:.3f}", "tok_per_s": "{:,.0f}", "params": "{:,.0f}",
 }
 RUN_COLUMNS = ["label", "model", "key", "variant", "seed", "status", "step", *METRICS, "best_step",
@@ -61,7 +61,8 @@ def run_row(run, run_dir: Path) -> dict:
     row.update({
         "status": summary.get("status"), "step": summary.get("step"), "params": summary.get("params"),
         "tok_per_s": number(summary.get("tok_per_s")), "train_seconds": number(summary.get("train_seconds")),
-        "final_val_loss": number(final.get("val_loss")), "final_val_ppl": number(final.get("val_ppl")),
+        "final_val_loss": number(final.get("val_loss")), "train_eval_loss": number(final.get("train_eval_loss")),
+        "final_val_ppl": number(final.get("val_ppl")),
         "best_val_loss": number(summary.get("best_val_loss")), "best_val_ppl": number(summary.get("best_val_ppl")),
         "best_step": summary.get("best_step"), "grad_ratio": number(final.get("grad_ratio")),
         "gate_rwkv": number(final.get("gate_rwkv")), "act_var_rwkv": rwkv, "act_var_mamba": mamba,
@@ -194,7 +195,7 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
               "throughput (lower when several runs shared a GPU).", ""]
     reference = bool(spec.reference)
     goal = bool(spec.goal)
-    header = ["row", "n", "final val loss", "best val loss", "final ppl"]
+    header = ["row", "n", "final val loss", "best val loss", "final ppl", "train-split loss"]
     header += ["published", "Δ final"] if reference else []
     header += ["grad_ratio", "G4", "gate_rwkv", "act var R/M", "Mamba share"]
     header += ["LC ppl ratio"] if any(r["long_context_ratio_mean"] is not None for r in table.rows) else []
@@ -203,7 +204,8 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = [row["label"], f"{row['n']}/{row['runs']}" + (f" ({row['diverged']} diverged)" if row["diverged"] else ""),
-                 cell(row, "final_val_loss"), cell(row, "best_val_loss"), cell(row, "final_val_ppl")]
+                 cell(row, "final_val_loss"), cell(row, "best_val_loss"), cell(row, "final_val_ppl"),
+                 cell(row, "train_eval_loss")]
         if reference:
             published = spec.reference.get(row["label"])
             mean = row["final_val_loss_mean"]

@@ -78,8 +78,8 @@ class TrainConfig:
     # One optimizer step as one captured CUDA graph (training/cuda_graph.py; ~14x faster for the char model
     # on an H100). on: always (an error where it cannot work: several processes, hooks that need the host;
     # on CPU the same step runs eagerly, with a warning); auto: on for single-process CUDA runs whose hooks
-    # are all graph-safe, else the eager step; off: the eager step. Default off until verified on a GPU.
-    cuda_graph: str = "off"
+    # are all graph-safe, else the eager step; off: the eager step.
+    cuda_graph: str = "auto"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every", "eval_windows",

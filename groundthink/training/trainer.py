@@ -101,6 +101,9 @@ class Trainer:
         self.graph_step = None              # the TrainStep (built at the first step) when use_graph_step
         self.sampler = RandomWindowSampler(self.data.train, tc.batch_size, tc.seq_len, tc.seed, rank, world_size)
         self.val_windows = eval_windows(self.data.val, tc.seq_len, tc.eval_windows)
+        # The same number of fixed windows from the training split: the train/val gap without the noise of
+        # one batch's loss (the seeds' tables quote a "train loss" next to val loss).
+        self.train_eval_windows = eval_windows(self.data.train, tc.seq_len, tc.eval_windows)
         self.task = self.data.task(tc.seq_len) if self.is_main else None
         self.plateau = PlateauProtocol(tc.steps, tc.plateau_patience, tc.plateau_factor,
                                        tc.plateau_max_reductions) if tc.plateau else None
@@ -384,7 +387,9 @@ class Trainer:
         """Val loss and perplexity, the balance metrics of SPEC §4, and the source's own metric."""
         tc = self.config.train
         val_loss = evaluate_loss(self.model, self.val_windows, tc.batch_size, self.device, self.autocast)
-        metrics = {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+        metrics = {"val_loss": val_loss, "val_ppl": perplexity(val_loss),
+                   "train_eval_loss": evaluate_loss(self.model, self.train_eval_windows, tc.batch_size,
+                                                    self.device, self.autocast)}
         ratio = grad_ratio(self.model)  # gradients of the last step are still held
         if ratio is not None:
             metrics["grad_ratio"] = float(ratio)
@@ -438,7 +443,9 @@ class Trainer:
                 "sampler": self.sampler.state_dict(), "rng": rng,
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "best_val_loss": self.best_val_loss, "best_step": self.best_step, "tokens_seen": self.tokens_seen,
-                "train_seconds": self.train_seconds, "hooks": [hook.state_dict() for hook in self.hooks]}
+                "train_seconds": self.train_seconds, "hooks": [hook.state_dict() for hook in self.hooks],
+                # a run stopped after its last step resumes straight to its summary, which reports this
+                "last_eval": self.last_eval}
 
     def optimizer_state(self) -> dict:
         """``optimizer.state_dict()`` with plain-number learning rates (a captured step's are tensors), so
@@ -488,6 +495,7 @@ class Trainer:
         self.best_step = state["best_step"]
         self.tokens_seen = int(state["tokens_seen"])
         self.train_seconds = float(state["train_seconds"])
+        self.last_eval = state.get("last_eval")
         for hook, hook_state in zip(self.hooks, state.get("hooks", [])):
             hook.load_state_dict(hook_state)
 
@@ -530,7 +538,8 @@ class Trainer:
                    "best_step": self.best_step, "tokens_seen": self.tokens_seen,
                    "train_seconds": self.train_seconds,
                    "tok_per_s": self.tokens_seen / self.train_seconds if self.train_seconds > 0 else None,
-                   "device": str(self.device), "world_size": self.world_size}
+                   "device": str(self.device), "world_size": self.world_size,
+                   "step_mode": "cuda_graph" if self.use_graph_step and self.device.type == "cuda" else "eager"}
         if self.last_eval:
             summary["final"] = {k: v for k, v in self.last_eval.items() if k != "kind"}
         if self.signal_received is not None:
