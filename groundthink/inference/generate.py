@@ -12,7 +12,8 @@ from typing import Iterator
 
 import torch
 
-from groundthink.inference.sampling import check_sampling, sample_next_token
+from groundthink.inference.compile import COMPILE_MODES
+from groundthink.inference.sampling import Sampler, check_sampling
 from groundthink.inference.states import States, state_nbytes
 
 DEFAULT_PREFILL_CHUNK = 2048
@@ -26,20 +27,25 @@ class Decoder:
     """The running states of a batch of sequences: ``prefill(ids)`` once, then ``step(tokens)`` per token.
 
     ``cuda_graph=True`` replays each step as a CUDA graph (CUDA, attention-free models; captured at the
-    first step). ``compile=True`` also runs the step through ``torch.compile`` before capturing it, which
-    fuses the many small element-wise kernels of a step. If capture fails the decoder warns and stays
-    eager; ``graph_error`` says why.
+    first step). ``compile`` (``True`` = ``"default"``, or a mode of ``inference.compile.COMPILE_MODES``:
+    ``"gemv"``, ``"max-autotune"``) also runs the step through ``torch.compile`` before capturing it, which
+    fuses the many small kernels of a step. With a ``sampler`` (``inference.sampling.Sampler``) the graph
+    also samples: ``sample_step(token) -> next token`` is then one replay and nothing else. If capture
+    fails the decoder warns and stays eager; ``graph_error`` says why.
     """
 
     def __init__(self, model, prefill_chunk: int | None = None, cuda_graph: bool = False,
-                 compile: bool = False):
+                 compile: bool | str = False, sampler: Sampler | None = None):
         self.model = model
         self.attention = has_attention(model)
         # A KV cache grows with the prompt either way, so attention models prefill in one call (SDPA's fused
         # causal kernel); recurrent ones in pieces, so prefill memory is flat in the prompt length too.
         self.prefill_chunk = prefill_chunk or (None if self.attention else DEFAULT_PREFILL_CHUNK)
-        self.want_graph = (cuda_graph or compile) and not self.attention
-        self.compile = compile
+        self.compile_mode = "default" if compile is True else (compile or None)
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile!r}; valid: True, False, {', '.join(COMPILE_MODES)}")
+        self.want_graph = bool(cuda_graph or self.compile_mode) and not self.attention
+        self.sampler = sampler
         self.graph = None
         self.graph_error: str | None = None
         self.states: States | None = None
@@ -67,25 +73,45 @@ class Decoder:
 
         self.want_graph = False  # one attempt
         try:
-            self.graph = CUDAGraphStep(self.model, self.states, compile=self.compile)
+            self.graph = CUDAGraphStep(self.model, self.states, compile_mode=self.compile_mode,
+                                       sampler=self.sampler)
         except Exception as err:  # a kernel that cannot be captured: decode eagerly instead
             self.graph, self.graph_error = None, f"{type(err).__name__}: {err}"
             warnings.warn(f"CUDA graph capture failed, decoding eagerly ({self.graph_error})")
+
+    def _before_step(self, tokens: torch.Tensor) -> None:
+        if self.states is None:
+            raise RuntimeError("Decoder.step before prefill")
+        if self.want_graph and tokens.is_cuda:
+            self._capture()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Consume one token per sequence (``tokens [B]``); returns the next logits ``[B, V]``.
 
-        With a CUDA graph the returned tensor is overwritten by the next step: copy it to keep it.
+        With a CUDA graph the returned tensor is overwritten by the next step: copy it to keep it (and a
+        graph captured with a sampler also draws a token, advancing the sampler's generator).
         """
-        if self.states is None:
-            raise RuntimeError("Decoder.step before prefill")
-        if self.want_graph and tokens.is_cuda:
-            self._capture()
+        self._before_step(tokens)
         if self.graph is not None:
             self.position += 1
             return self.graph(tokens)
         return self._forward(tokens.view(-1, 1))
+
+    @torch.no_grad()
+    def sample_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Consume one token per sequence and return the next one, ``[B]``, drawn by the decoder's sampler.
+
+        With a CUDA graph this is one replay (model and sampling); the returned tensor is the graph's
+        buffer, overwritten by the next step, and passing it back in costs no copy.
+        """
+        if self.sampler is None:
+            raise RuntimeError("Decoder.sample_step needs a Decoder built with a sampler")
+        self._before_step(tokens)
+        if self.graph is not None:
+            self.position += 1
+            return self.graph.sample_step(tokens)
+        return self.sampler(self._forward(tokens.view(-1, 1)))
 
     def current_states(self) -> States:
         return self.graph.states if self.graph is not None else self.states
@@ -109,13 +135,39 @@ def make_generator(seed: int | None, device) -> torch.Generator | None:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+def decode_tokens(decoder: Decoder, first: torch.Tensor, count: int, eos_token_id: int | None = None,
+                  host: bool = False) -> Iterator[torch.Tensor]:
+    """Yield ``first`` and the next ``count - 1`` tokens ``[B]`` drawn by ``decoder.sample_step``.
+
+    Each step is queued on the device before the previous token is handed out, so a consumer that reads
+    tokens on the host (streaming) overlaps with the next step. ``host=True`` yields CPU tensors, copied
+    from a CUDA device without blocking the queued step (on CPU it changes nothing).
+    """
+    token = first
+    for i in range(count):
+        current, ready = token.clone(), None  # a CUDA graph overwrites its token buffer at the next step
+        if host and current.is_cuda:
+            current = current.to("cpu", non_blocking=True)  # lands in pinned memory: an asynchronous copy
+            ready = torch.cuda.Event()
+            ready.record()
+        if i + 1 < count:
+            token = decoder.sample_step(token)
+        if ready is not None:
+            ready.synchronize()  # waits for the copy, not for the step queued after it
+        yield current
+        if eos_token_id is not None and bool((current == eos_token_id).all()):
+            return
+
+
 def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                     eos_token_id: int | None = None, prefill_chunk: int | None = None,
-                    cuda_graph: bool = False, compile: bool = False) -> Iterator[torch.Tensor]:
+                    cuda_graph: bool = False, compile: bool | str = False,
+                    host: bool = False) -> Iterator[torch.Tensor]:
     """Yield the sampled tokens ``[B]`` one at a time (streaming). ``prompt_ids: [B, T]`` or ``[T]``.
 
-    Stops after ``max_new_tokens`` or when every sequence has produced ``eos_token_id``.
+    Stops after ``max_new_tokens`` or when every sequence has produced ``eos_token_id``. ``host=True``
+    yields CPU tensors (see ``decode_tokens``): what a streaming consumer wants.
     """
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
@@ -124,19 +176,17 @@ def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temper
     if ids.shape[1] == 0:
         raise ValueError("the prompt is empty: generation needs at least one prompt token")
     check_positions(model, ids.shape[1], max_new_tokens)
+    if max_new_tokens == 0:
+        return
     was_training = model.training
     model.eval()  # e.g. RWKV branch dropout is on in training mode
     try:
-        decoder = Decoder(model, prefill_chunk=prefill_chunk, cuda_graph=cuda_graph, compile=compile)
-        logits = decoder.prefill(ids) if max_new_tokens else None
-        generator = make_generator(seed, ids.device)
-        for i in range(max_new_tokens):
-            token = sample_next_token(logits, temperature, top_k, top_p, generator)
-            yield token
-            if eos_token_id is not None and bool((token == eos_token_id).all()):
-                return
-            if i + 1 < max_new_tokens:
-                logits = decoder.step(token)
+        sampler = Sampler(temperature, top_k, top_p, make_generator(seed, ids.device))
+        decoder = Decoder(model, prefill_chunk=prefill_chunk, cuda_graph=cuda_graph, compile=compile,
+                          sampler=sampler)
+        with torch.no_grad():
+            first = sampler(decoder.prefill(ids))
+        yield from decode_tokens(decoder, first, max_new_tokens, eos_token_id, host)
     finally:
         model.train(was_training)
 
@@ -179,7 +229,7 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, device=None,
     device = device or next(model.parameters()).device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     stream = TextStream(tokenizer)
-    for token in generate_tokens(model, ids, max_new_tokens, **kwargs):
+    for token in generate_tokens(model, ids, max_new_tokens, host=True, **kwargs):
         piece = stream.push(int(token[0]))
         if piece:
             yield piece

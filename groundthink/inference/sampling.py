@@ -30,5 +30,30 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
         # Drop a token once the tokens before it already hold top_p of the mass (the best one always stays).
         outside = probs.cumsum(dim=-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs [B, V]``: ``torch.multinomial(probs, 1)``'s own algorithm for one sample
+    (argmax of ``probs / q`` with ``q ~ Exp(1)``: the same draws from the same generator), written out
+    because ``torch.multinomial`` checks its input on the host (a sync per token that a CUDA graph cannot
+    capture)."""
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+class Sampler:
+    """``sampler(logits [B, V]) -> tokens [B]`` with fixed settings: what a decode step captures with it."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None):
+        check_sampling(temperature, top_k, top_p)
+        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return sample_next_token(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+    @property
+    def random(self) -> bool:
+        """Whether it draws random numbers (a CUDA graph must then own its generator's state)."""
+        return not (self.temperature == 0 or self.top_k == 1)

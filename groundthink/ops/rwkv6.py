@@ -97,11 +97,15 @@ def rwkv6_step(r, k, v, w, u, initial_state=None):
 
 
 def rwkv6(r, k, v, w, u, initial_state=None, output_final_state: bool = True):
-    """RWKV-6 attention on any device: FLA's Triton kernels on CUDA, the chunked scan elsewhere."""
+    """RWKV-6 attention on any device: FLA's Triton kernels on CUDA, the chunked scan elsewhere.
+
+    One token (decoding) always takes ``rwkv6_step``, on CUDA too: a few plain ops that ``torch.compile``
+    fuses with their neighbours, where FLA's kernel would be an opaque call that splits the compiled graph.
+    """
+    if r.shape[1] == 1:  # decoding: one step instead of a chunk padded 16-fold (or a graph break)
+        return rwkv6_step(r, k, v, w, u, initial_state)
     if r.is_cuda and fla_available():
         return _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state)
-    if r.shape[1] == 1:  # decoding: one step instead of a chunk padded 16-fold
-        return rwkv6_step(r, k, v, w, u, initial_state)
     o, state = rwkv6_chunk_torch(r, k, v, w, u, initial_state)
     return o, state
 

@@ -18,12 +18,24 @@ def causal_conv1d_silu(x, weight, bias, history=None):
     ``x: [B, T, D]``, ``weight: [D, W]``, ``bias: [D]`` or None, ``history: [B, D, W - 1]`` (the inputs
     before ``x``; zeros when None). Returns ``(y [B, T, D], new_history [B, D, W - 1])``.
     """
+    if history is not None and x.shape[1] == 1:
+        return causal_conv1d_silu_step(x, weight, bias, history)
     if history is None and fused_ops_wanted(x):
         from fla.modules.causal_conv1d import causal_conv1d
 
         y, _ = causal_conv1d(x, weight=weight, bias=bias, activation="silu")
         return y, _last_inputs(x, weight.shape[1] - 1)
     return causal_conv1d_silu_torch(x, weight, bias, history)
+
+
+def causal_conv1d_silu_step(x, weight, bias, history):
+    """One token (decoding) of ``causal_conv1d_silu``: a multiply-and-sum over the window instead of a
+    convolution call (which ``torch.compile`` cannot fuse: it stays a separate cuDNN kernel)."""
+    window = torch.cat([history.to(x.dtype), x.transpose(1, 2)], dim=-1)     # [B, D, W]
+    y = (window * weight).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return F.silu(y).unsqueeze(1), window[..., 1:]
 
 
 def causal_conv1d_silu_torch(x, weight, bias, history=None):
@@ -57,6 +69,8 @@ def token_shift_delta(x, previous_last=None):
 
 def token_shift_delta_torch(x, previous_last=None):
     """``token_shift_delta`` in PyTorch (the reference and the CPU path)."""
+    if previous_last is not None and x.shape[1] == 1:  # decoding: no concatenation needed
+        return previous_last.unsqueeze(1).to(x.dtype) - x
     previous = (F.pad(x, (0, 0, 1, -1)) if previous_last is None
                 else torch.cat([previous_last.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1))
     return previous - x
