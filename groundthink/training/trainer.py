@@ -337,10 +337,10 @@ class Trainer:
         return summary
 
     def log_train(self) -> None:
-        now = time.perf_counter()
         loss = self.reduce_mean(self._loss_sum / max(self._loss_count, 1))
         loss_value, grad_norm, nonfinite = torch.stack(
             [loss.float(), self._grad_norm.float(), self._nonfinite.float()]).tolist()  # the one sync
+        now = time.perf_counter()  # after the sync: the interval's queued GPU work is done and counted
         self._loss_sum.zero_()
         self._loss_count = 0
         if nonfinite or not math.isfinite(loss_value):
