@@ -253,6 +253,7 @@ def test_cli_generate_streams_seeded_text(run_dir, capsys):
     (["--top-p", "1.5"], "top_p"),
     (["--max-new-tokens", "0"], "max-new-tokens"),
     (["--prompt", "€"], "vocabulary"),
+    (["--compile", "fastest"], "gemv"),
 ])
 def test_cli_generate_bad_input_is_one_line(run_dir, capsys, argv, message):
     code, out, err = cli(capsys, "generate", str(run_dir), *argv)

@@ -282,3 +282,13 @@ def test_baselines_have_equal_parameters(vocab):
             counts[run.model] = model.num_params
     for name, count in counts.items():
         assert abs(count / counts["GF-MH"] - 1) < 0.035, (name, count, counts["GF-MH"])
+
+
+def test_loss_past_training_length_averages_every_bucket_past_it():
+    from groundthink.experiments.results import loss_past_training_length
+
+    lc = {"bucket_start": [0, 32, 64, 96, 128, 160], "bucket_width": 32, "train_length": 64,
+          "bucket_loss": [2.0, 1.5, 1.4, 1.8, 1.6, 9.9][:6]}
+    assert loss_past_training_length(lc) == pytest.approx((1.4 + 1.8 + 1.6 + 9.9) / 4 - 1.5)
+    assert loss_past_training_length({}) is None
+    assert loss_past_training_length({**lc, "train_length": 48}) is None  # no bucket ends at it

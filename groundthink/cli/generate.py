@@ -1,8 +1,9 @@
 """``groundthink generate RUN_DIR``: sample text from a trained run, streamed to the terminal.
 
 Recurrent models decode with constant memory (one state update per token); the GPT baseline with its KV
-cache. On CUDA the decode step of attention-free models replays as a CUDA graph (``--no-cuda-graph`` to
-turn it off).
+cache. On CUDA the decode step of attention-free models (sampling included) replays as a CUDA graph
+(``--no-cuda-graph`` to turn it off); ``--compile gemv`` also compiles it first (~15 s once; on an H100 the
+hidden-128 char model then decodes ~2,400 sampled tok/s instead of ~870: benchmarks/results/2026-11-25-h100).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly on CUDA")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile the decode step before capturing it (CUDA); gemv: the fastest at "
+                             "batch 1 (every matrix-vector product fused with its neighbours)")
     parser.set_defaults(func=run)
 
 
@@ -42,6 +45,7 @@ def resolve_device(name: str):
 
 
 def run(args) -> int:
+    from groundthink.inference.compile import COMPILE_MODES
     from groundthink.inference.generate import TextStream, generate_tokens
     from groundthink.inference.sampling import check_sampling
     from groundthink.training.checkpoint import load_run
@@ -50,6 +54,8 @@ def run(args) -> int:
         check_sampling(args.temperature, args.top_k, args.top_p)
     except ValueError as err:
         raise UserError(f"{err} (--temperature / --top-k / --top-p)") from None
+    if args.compile is not None and args.compile not in COMPILE_MODES:
+        raise UserError(f"--compile {args.compile!r} is not a mode; use one of {', '.join(COMPILE_MODES)}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     device = resolve_device(args.device)
@@ -64,7 +70,7 @@ def run(args) -> int:
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     tokens = generate_tokens(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, seed=args.seed, cuda_graph=not args.no_cuda_graph,
-                             compile=args.compile)
+                             compile=args.compile or False, host=True)  # host: read back without stalling
     stream, count = TextStream(tokenizer), 0
     sys.stdout.write(args.prompt)
     sys.stdout.flush()

@@ -21,7 +21,7 @@ from groundthink.experiments.worker import read_json, run_state
 METRICS = {
     "final_val_loss": "{:.4f}", "best_val_loss": "{:.4f}", "final_val_ppl": "{:.3f}", "best_val_ppl": "{:.3f}",
     "train_eval_loss": "{:.4f}", "grad_ratio": "{:.3g}", "gate_rwkv": "{:.3f}", "act_var_ratio": "{:.3g}", "ablation_share_mamba": "{:.1%}",
-    "long_context_ratio": "{:.3f}", "tok_per_s": "{:,.0f}", "params": "{:,.0f}",
+    "long_context_ratio": "{:.3f}", "long_context_delta": "{:+.3f}", "tok_per_s": "{:,.0f}", "params": "{:,.0f}",
 }
 RUN_COLUMNS = ["label", "model", "key", "variant", "seed", "status", "step", *METRICS, "best_step",
                "act_var_rwkv", "act_var_mamba", "increase_rwkv", "increase_mamba", "train_seconds", "device",
@@ -70,9 +70,22 @@ def run_row(run, run_dir: Path) -> dict:
         "ablation_share_mamba": number(ablation.get("ablation_share_mamba")),
         "increase_rwkv": number(ablation.get("increase_rwkv")), "increase_mamba": number(ablation.get("increase_mamba")),
         "long_context_ratio": number(long_context.get("ppl_ratio")),
+        "long_context_delta": loss_past_training_length(long_context),
         "device": measured.get("device", summary.get("device")), "parallel": measured.get("parallel"),
     })
     return row
+
+
+def loss_past_training_length(long_context: dict) -> float | None:
+    """Mean loss of every position bucket past the training length minus the loss of the bucket ending at
+    it: one number for "does the loss rise past the training length", steadier than the last bucket alone."""
+    starts, losses = long_context.get("bucket_start"), long_context.get("bucket_loss")
+    train_length, width = long_context.get("train_length"), long_context.get("bucket_width")
+    if not (starts and losses and train_length and width) or train_length - width not in starts:
+        return None
+    past = [loss for start, loss in zip(starts, losses) if start >= train_length]
+    reference = losses[starts.index(train_length - width)]
+    return sum(past) / len(past) - reference if past else None
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -198,7 +211,8 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
     header = ["row", "n", "final val loss", "best val loss", "final ppl", "train-split loss"]
     header += ["published", "Δ final"] if reference else []
     header += ["grad_ratio", "G4", "gate_rwkv", "act var R/M", "Mamba share"]
-    header += ["LC ppl ratio"] if any(r["long_context_ratio_mean"] is not None for r in table.rows) else []
+    header += ["LC ppl ratio", "LC Δ past train len"] if any(
+        r["long_context_ratio_mean"] is not None for r in table.rows) else []
     header += ["goal"] if goal else []
     header += ["tok/s", "params"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -215,7 +229,7 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
         cells += [cell(row, "grad_ratio"), "-" if g4 is None else T.G4_GRAD_RATIO.check(g4),
                   cell(row, "gate_rwkv"), cell(row, "act_var_ratio"), cell(row, "ablation_share_mamba")]
         if "LC ppl ratio" in header:
-            cells.append(cell(row, "long_context_ratio"))
+            cells += [cell(row, "long_context_ratio"), cell(row, "long_context_delta")]
         if goal:
             cells.append(goal_check(spec, table, row))
         cells += [cell(row, "tok_per_s"), cell(row, "params")]
