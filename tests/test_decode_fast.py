@@ -2,7 +2,6 @@
 the fixed-buffer step (what a CUDA graph captures, sampling included) == the eager decoder, and the GEMV
 compile mode's rewrites == the products they replace."""
 import torch
-import torch.nn.functional as F
 
 from groundthink.inference.compile import addmm_as_reduction, bmm_as_reduction, mm_as_reduction
 from groundthink.inference.cuda_graph import DecodeStep

@@ -56,8 +56,6 @@ def device_from(name: str):
 
 
 def run(args) -> int:
-    import torch
-
     from groundthink.cli.eval import eval_tokens
     from groundthink.diagnostics.report import diagnose
     from groundthink.training.checkpoint import load_run, load_weights

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that only allocate memory or describe it: no kernel.
