@@ -7,8 +7,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 from groundthink.cli.main import main
+from groundthink.errors import UserError
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import load_config
 from groundthink.training.logging import read_metrics
@@ -240,3 +242,14 @@ def test_a_run_on_a_local_file_resumes_and_evaluates_from_another_directory(tmp_
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", "../run", "--json")
     assert code == 0 and json.loads(out)["step"] in (3, 6, 8), err
+
+
+def test_a_bad_device_name_is_one_line_naming_the_setting():
+    from groundthink.devices import resolve_device
+
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(UserError, match=r"--device 'gpu0' is not a device; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"use --set train.device=cpu$"):
+            resolve_device("cuda", "train.device")

@@ -42,26 +42,14 @@ def options_from(args, seq_len: int):
         raise UserError(str(err).replace("diagnose option ", "--").replace("_", "-")) from None
 
 
-def device_from(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-
-
 def run(args) -> int:
     from groundthink.cli.eval import eval_tokens
+    from groundthink.devices import resolve_device
     from groundthink.diagnostics.report import diagnose
     from groundthink.training.checkpoint import load_run, load_weights
 
     loaded = load_run(args.run, which=args.which)
-    device = device_from(args.device)
+    device = resolve_device(args.device)
     options = options_from(args, loaded.config.train.seq_len)
     tokens, name, _ = eval_tokens(loaded, args.data)
     model = loaded.model.to(device)

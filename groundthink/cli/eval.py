@@ -46,7 +46,7 @@ def run(args) -> int:
     from groundthink.training.checkpoint import load_run
     from groundthink.training.config import coerce
     from groundthink.training.evaluation import consecutive_windows, evaluate_loss, perplexity
-    from groundthink.training.trainer import resolve_device
+    from groundthink.devices import resolve_device
 
     loaded = load_run(args.run, which=args.which)
     device = resolve_device(args.device)

@@ -31,20 +31,8 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-
-
 def run(args) -> int:
+    from groundthink.devices import resolve_device
     from groundthink.inference.compile import COMPILE_MODES
     from groundthink.inference.generate import TextStream, generate_tokens
     from groundthink.inference.sampling import check_sampling

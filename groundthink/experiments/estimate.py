@@ -41,10 +41,10 @@ def estimate_row(config, repeats: int) -> dict:
     from groundthink.models.model import GroundThinkLM
     from groundthink.training.evaluation import autocast_for
     from groundthink.training.optim import build_optimizer
-    from groundthink.training.trainer import resolve_device
+    from groundthink.devices import resolve_device
 
     tc = config.train
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, "train.device")
     autocast = autocast_for(device, tc.precision)
     torch.manual_seed(0)
     model = GroundThinkLM(config.model_config(vocab_of(config))).to(device)

@@ -84,7 +84,8 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
     from groundthink.training.evaluation import autocast_for
     from groundthink.training.logging import clean
     from groundthink.training.hooks import TrainingDiverged
-    from groundthink.training.trainer import Trainer, resolve_device
+    from groundthink.devices import resolve_device
+    from groundthink.training.trainer import Trainer
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
@@ -114,7 +115,7 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
         from groundthink.training.checkpoint import load_run
 
         loaded = load_run(run_dir, which="last")
-        device = resolve_device(config.train.device)
+        device = resolve_device(config.train.device, "train.device")
         model = loaded.model.to(device)
         data = load_data(config.data, load_tokenizer(run_dir / "tokenizer.json"))
         autocast = autocast_for(device, config.train.precision)

@@ -56,7 +56,8 @@ from groundthink.data import load_data, load_tokenizer
 from groundthink.errors import UserError
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.hooks import TrainerHook
-from groundthink.training.trainer import Trainer, resolve_device
+from groundthink.devices import resolve_device
+from groundthink.training.trainer import Trainer
 
 FAULT_ENV = "GROUNDTHINK_FAULT"
 # Under torchrun a terminal's Ctrl-C reaches each rank twice (from the terminal and forwarded by torchrun):
@@ -88,7 +89,7 @@ def launch(nproc: int, argv: list[str], train_config) -> int:
                         "--nproc_per_node, so drop --nproc")
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
-    device = resolve_device(train_config.device)
+    device = resolve_device(train_config.device, "train.device")
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise UserError(f"--nproc {nproc} needs one GPU per process but {torch.cuda.device_count()} are visible; "
                         f"use --nproc {torch.cuda.device_count()}, or --device cpu for CPU processes")
@@ -118,7 +119,7 @@ def rank_device(name: str, local_rank: int) -> torch.device:
     if name.startswith("cuda:"):
         raise UserError(f"train.device {name} names one GPU, but under torchrun every process uses "
                         f"cuda:LOCAL_RANK; use --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")
-    device = resolve_device(name)
+    device = resolve_device(name, "train.device")
     if device.type != "cuda":
         return device
     if local_rank >= torch.cuda.device_count():

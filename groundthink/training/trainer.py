@@ -47,16 +47,9 @@ from groundthink.training.evaluation import autocast_for, evaluate_loss, perplex
 from groundthink.training.hooks import TrainingDiverged
 from groundthink.training.interventions import intervention_hooks
 from groundthink.training.logging import Console, MetricsLogger, clean, format_eval, truncate_metrics
+from groundthink.devices import resolve_device
 from groundthink.training.optim import build_optimizer, parameter_groups
 from groundthink.training.schedule import PlateauProtocol, lr_at
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device is {name!r} but CUDA is not available here; use --set train.device=cpu")
-    return torch.device(name)
 
 
 def absolute_source(source: str | None) -> str | None:
@@ -74,7 +67,7 @@ class Trainer:
         self.is_main = rank == 0
         self.hooks = list(hooks)
         tc = config.train
-        self.device = resolve_device(tc.device) if device is None else torch.device(device)
+        self.device = resolve_device(tc.device, "train.device") if device is None else torch.device(device)
         self.autocast = autocast_for(self.device, tc.precision)
 
         self.resume_from = ckpt.resume_checkpoint(self.run_dir) if resume else None
