@@ -3,7 +3,8 @@
 Recurrent models decode with constant memory (one state update per token); the GPT baseline with its KV
 cache. On CUDA the decode step of attention-free models (sampling included) replays as a CUDA graph
 (``--no-cuda-graph`` to turn it off); ``--compile gemv`` also compiles it first (~15 s once; on an H100 the
-hidden-128 char model then decodes ~2,400 sampled tok/s instead of ~870: benchmarks/results/2026-11-25-h100).
+hidden-128 char model then decodes ~2,700 greedy tok/s instead of ~870, 2,400 with top-k/top-p sampling:
+benchmarks/results/2026-11-25-h100).
 """
 from __future__ import annotations
 

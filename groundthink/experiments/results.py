@@ -20,7 +20,8 @@ from groundthink.experiments.worker import read_json, run_state
 # Per-run numbers that are averaged over seeds, with how results.md prints them.
 METRICS = {
     "final_val_loss": "{:.4f}", "best_val_loss": "{:.4f}", "final_val_ppl": "{:.3f}", "best_val_ppl": "{:.3f}",
-    "train_eval_loss": "{:.4f}", "grad_ratio": "{:.3g}", "gate_rwkv": "{:.3f}", "act_var_ratio": "{:.3g}", "ablation_share_mamba": "{:.1%}",
+    "train_eval_loss": "{:.4f}", "grad_ratio": "{:.3g}", "gate_rwkv": "{:.3f}", "act_var_ratio": "{:.3g}",
+    "ablation_share_mamba": "{:.1%}",
     "long_context_ratio": "{:.3f}", "long_context_delta": "{:+.3f}", "tok_per_s": "{:,.0f}", "params": "{:,.0f}",
 }
 RUN_COLUMNS = ["label", "model", "key", "variant", "seed", "status", "step", *METRICS, "best_step",

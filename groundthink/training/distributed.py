@@ -53,10 +53,10 @@ import torch
 import torch.distributed as dist
 
 from groundthink.data import load_data, load_tokenizer
+from groundthink.devices import resolve_device
 from groundthink.errors import UserError
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.hooks import TrainerHook
-from groundthink.devices import resolve_device
 from groundthink.training.trainer import Trainer
 
 FAULT_ENV = "GROUNDTHINK_FAULT"

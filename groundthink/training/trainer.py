@@ -38,6 +38,7 @@ import torch
 
 from groundthink.data import NAMED_SOURCES, RandomWindowSampler, eval_windows, load_data, load_tokenizer
 from groundthink.data.files import atomic_write_text
+from groundthink.devices import resolve_device
 from groundthink.diagnostics.metrics import grad_ratio, record_balance
 from groundthink.errors import UserError
 from groundthink.models.model import GroundThinkLM
@@ -47,7 +48,6 @@ from groundthink.training.evaluation import autocast_for, evaluate_loss, perplex
 from groundthink.training.hooks import TrainingDiverged
 from groundthink.training.interventions import intervention_hooks
 from groundthink.training.logging import Console, MetricsLogger, clean, format_eval, truncate_metrics
-from groundthink.devices import resolve_device
 from groundthink.training.optim import build_optimizer, parameter_groups
 from groundthink.training.schedule import PlateauProtocol, lr_at
 
