@@ -123,23 +123,29 @@ def test_rerun_skips_finished_runs(baseline, capsys):
 
 
 def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_numbers(baseline, tmp_path):
-    spec_path, reference, _ = baseline
+    """SIGTERM mid-sweep, resume, and get the uninterrupted numbers. The runs are made long enough (96
+    steps, ~20x the time to the first checkpoint) that the signal lands mid-run even on a loaded machine:
+    with the baseline's 16 steps both runs sometimes finished before it arrived."""
+    spec_path, _, _ = baseline
+    longer = ["train.steps=96", "train.eval_every=32"]
+    reference = tmp_path / "reference"
+    assert run_sweep(load_spec(spec_path, only=["GF-MH"], overrides=longer), reference, log=lambda _: None) == 0
     out = tmp_path / "out"
     env = cli_env(Path(os.environ["GROUNDTHINK_CACHE"]))
     sweep = subprocess.Popen([sys.executable, "-m", "groundthink", "sweep", str(spec_path), "--out", str(out),
-                              "--only", "GF-MH", "--parallel", "2"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                              "--only", "GF-MH", "--parallel", "2", *[w for o in longer for w in ("--set", o)]],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latest = [out / "GF-MH" / f"seed{s}" / "checkpoints" / "latest" for s in (0, 1)]
     deadline = time.time() + 120
-    while not all(p.exists() for p in latest) and sweep.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not any(p.exists() for p in latest) and sweep.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     sweep.send_signal(signal.SIGTERM)  # the workers' runs checkpoint and stop; the sweep writes its report
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 128 + signal.SIGTERM, output
     states = [json.loads((out / "GF-MH" / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)]
-    assert any(s["status"] == "interrupted" and s["step"] < 16 for s in states), output
+    assert any(s["status"] == "interrupted" and s["step"] < 96 for s in states), output
     lines = []
-    assert run_sweep(load_spec(spec_path, only=["GF-MH"]), out, log=lines.append) == 0
+    assert run_sweep(load_spec(spec_path, only=["GF-MH"], overrides=longer), out, log=lines.append) == 0
     assert any("resume from step" in line for line in lines)
     for seed in (0, 1):
         run = out / "GF-MH" / f"seed{seed}"
@@ -148,7 +154,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_numbers(baselin
         assert done["status"] == "completed" and done["final"]["val_loss"] == expected["final"]["val_loss"]
         evals = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line)["kind"] == "eval"]
-        assert evals == [4, 8, 12, 16]
+        assert evals == [32, 64, 96]
 
 
 def test_a_trained_run_missing_its_measurements_is_only_measured(baseline, tmp_path):
