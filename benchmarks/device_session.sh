@@ -5,7 +5,7 @@
 #
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
-# Stages: env, tests (pytest -m gpu), tests-ssd, gpu-parity (issue 2's script, if present), bench-char, bench-compile,
+# Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char, bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
@@ -35,6 +35,7 @@ torch.cuda.get_device_name())" ;;
     tests-ssd)  # only the SSD scan checks (fused recurrent and chunked), e.g. after a dispatch change
       GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 120 python3 -m pytest -q -m gpu -rfE \
         tests/test_gpu_fast_paths.py -k ssd_scan 2>&1 | tee "$OUT/gpu_tests.txt" | tail -5 ;;
+    scans) quick timeout -k 5 170 python3 benchmarks/scan_bench.py --shapes char,long,125m --json "$OUT/scan_bench.json" ;;
     gpu-parity)
       if [ -f benchmarks/gpu_parity.py ]; then
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"

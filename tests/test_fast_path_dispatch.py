@@ -2,6 +2,7 @@
 
 The kernels themselves are checked against these on the GPU (tests/test_gpu_fast_paths.py).
 """
+import pytest
 import torch
 import triton
 
@@ -72,3 +73,20 @@ def test_quick_autotune_cuts_after_the_kernels_own_pruning():
     kept = tuner.prune_configs({})
     assert [(c.kwargs["BK"], c.num_warps, c.num_stages) for c in kept] == [(16, 4, 2), (32, 2, 2)]
     assert len(tuner.configs) == len(configs)  # FLA's own rule still sees every config
+
+
+def test_fused_recurrent_switch_reads_the_environment(monkeypatch):
+    from groundthink.ops.backend import fused_recurrent_max_len
+
+    for value, expected in ((None, 64), ("0", 0), ("128", 128)):
+        fused_recurrent_max_len.cache_clear()
+        if value is None:
+            monkeypatch.delenv("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", raising=False)
+        else:
+            monkeypatch.setenv("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", value)
+        assert fused_recurrent_max_len() == expected
+    fused_recurrent_max_len.cache_clear()
+    monkeypatch.setenv("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "short")
+    with pytest.raises(ValueError, match="GROUNDTHINK_FUSED_RECURRENT_MAX_LEN='short' is not an integer"):
+        fused_recurrent_max_len()
+    fused_recurrent_max_len.cache_clear()

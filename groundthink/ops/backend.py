@@ -93,6 +93,22 @@ def _block_size(kwargs: dict) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def fused_recurrent_max_len() -> int:
+    """Up to this many tokens a CUDA scan takes FLA's fused recurrent kernel, beyond it the chunked one.
+
+    The fused recurrent kernel is one launch each way but walks the tokens in sequence; the chunked kernels
+    are several launches that use the matrix units. FLA's layers switch at 64 tokens, and so does the default
+    here; ``GROUNDTHINK_FUSED_RECURRENT_MAX_LEN`` moves the switch (``benchmarks/scan_bench.py`` times both).
+    """
+    value = os.environ.get("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "64")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"GROUNDTHINK_FUSED_RECURRENT_MAX_LEN={value!r} is not an integer; "
+                         "set a token count such as 64 (0 = always the chunked kernels)") from None
+
+
+@functools.lru_cache(maxsize=None)
 def mamba_ssm_chunk_scan():
     """``mamba_ssm``'s fused SSD kernel when that package is installed, else None."""
     if os.environ.get("GROUNDTHINK_DISABLE_FLA") == "1" or importlib.util.find_spec("mamba_ssm") is None:

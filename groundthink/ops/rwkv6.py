@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from groundthink.ops.backend import fla_available
+from groundthink.ops.backend import fla_available, fused_recurrent_max_len
 
 
 def rwkv6_recurrent_naive(r, k, v, w, u, initial_state=None):
@@ -114,8 +114,7 @@ def rwkv6(r, k, v, w, u, initial_state=None, output_final_state: bool = True):
 def _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state):
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
-    # FLA's own layer switches to the recurrent kernel for short inputs: it is faster there.
-    kernel = fused_recurrent_rwkv6 if r.shape[1] <= 64 else chunk_rwkv6
+    kernel = fused_recurrent_rwkv6 if r.shape[1] <= fused_recurrent_max_len() else chunk_rwkv6
     o, final_state = kernel(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state,
                             output_final_state=output_final_state)
     if kernel is fused_recurrent_rwkv6 and final_state is not None and final_state.requires_grad:
@@ -129,6 +128,7 @@ def _rwkv6_fla(r, k, v, w, u, initial_state, output_final_state):
 def _refuse_final_state_grad(grad):
     if grad is None:  # autograd calls the hook with None when nothing downstream used the state
         return None
-    raise RuntimeError("backpropagating through the final RWKV-6 state of a <= 64-token CUDA call is not supported "
-                       "(FLA 0.6's fused recurrent kernel returns wrong key/value/decay gradients); detach the carried "
-                       "state, or pass more than 64 tokens per call so the chunked kernel is used")
+    raise RuntimeError("backpropagating through the final RWKV-6 state of a short (fused recurrent) CUDA call is "
+                       "not supported (FLA 0.6's fused recurrent kernel returns wrong key/value/decay gradients); "
+                       "detach the carried state, or pass more tokens per call than "
+                       "GROUNDTHINK_FUSED_RECURRENT_MAX_LEN (default 64) so the chunked kernel is used")
