@@ -31,7 +31,7 @@ def scan_dims(shape: dict) -> dict:
     hidden = config.hidden_size
     mamba_heads = config.mamba_expand * hidden // config.mamba_head_dim
     return dict(batch=shape["batch_size"], seq=shape["seq_len"],
-                rwkv=dict(H=config.rwkv_heads, K=round(hidden * config.rwkv_expand_k) // config.rwkv_heads,
+                rwkv6=dict(H=config.rwkv_heads, K=round(hidden * config.rwkv_expand_k) // config.rwkv_heads,
                           V=round(hidden * config.rwkv_expand_v) // config.rwkv_heads),
                 ssd=dict(H=mamba_heads, P=config.mamba_head_dim, N=config.mamba_state_size))
 

@@ -34,6 +34,17 @@ def check(name: str, actual, expected, tol: float) -> None:
     assert err < tol, f"{name}: relative error {err:.3g} >= {tol}"
 
 
+def check_all(items) -> None:
+    """``check`` each ``(name, actual, expected, tol)``, logging every error before failing on the first bad one."""
+    failures = []
+    for name, actual, expected, tol in items:
+        try:
+            check(name, actual, expected, tol)
+        except AssertionError as err:
+            failures.append(str(err).splitlines()[0])
+    assert not failures, "; ".join(failures)
+
+
 def grads_of(fn, *tensors):
     """Output of ``fn`` and the gradients of a fixed random projection of it, w.r.t. ``tensors``."""
     tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
@@ -157,9 +168,21 @@ def test_ssd_scan(T, N):
     h0 = torch.randn(B, H, P, N, generator=g)
     out, grads = grads_of(lambda *t: ssd(*t), *cuda(x, dt, A, Bm, Cm, h0))
     ref, ref_grads = grads_of(lambda *t: ssd_chunk_torch(*t), *(t.double() for t in (x, dt, A, Bm, Cm, h0)))
-    check(f"ssd_T{T}_N{N}.out", out, ref, 2e-3)
-    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, ref_grads):
-        check(f"ssd_T{T}_N{N}.grad_{name}", a, b, 5e-3)
+    log_hopper_checks()
+    names = ("x", "dt", "A", "B", "C", "h0")
+    check_all([(f"ssd_T{T}_N{N}.out", out, ref, 2e-3)]
+              + [(f"ssd_T{T}_N{N}.grad_{name}", a, b, 5e-3) for name, a, b in zip(names, grads, ref_grads)])
+
+
+def log_hopper_checks():
+    """Record the SSD's Hopper self-checks (which chunked kernel each state size got) in the parity log."""
+    from groundthink.ops.ssd import _HOPPER_CHECKS
+
+    path = os.environ.get("GROUNDTHINK_PARITY_LOG")
+    if path and _HOPPER_CHECKS:
+        with open(path, "a") as f:
+            for key, errors in _HOPPER_CHECKS.items():
+                f.write(json.dumps({"hopper_self_check": [str(k) for k in key], "rel_err": errors}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
