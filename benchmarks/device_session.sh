@@ -5,7 +5,8 @@
 #
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
-# Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char, bench-compile,
+# Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char,
+# bench-char-modes (graph and compile), bench-char-chunked (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=0), bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
@@ -41,6 +42,10 @@ torch.cuda.get_device_name())" ;;
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
       else echo "benchmarks/gpu_parity.py not in the tree"; fi ;;
     bench-char) bench 170 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
+    bench-char-modes) bench 200 --shapes char --mode graph,compile --json "$OUT/bench_char_modes.json" ;;
+    bench-char-chunked)  # every scan on FLA's chunked kernels, even at 64 tokens
+      GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=0 quick bench 200 --shapes char --models GF-MH,RWKV6,MAMBA2 --mode graph \
+        --json "$OUT/bench_char_chunked.json" ;;
     bench-compile) quick bench 240 --shapes char --models GF-MH,GPT2 --mode compile --json "$OUT/bench_compile.json" ;;
     bench-long) quick bench 110 --shapes long --mode graph --json "$OUT/bench_long.json" ;;
     bench-125m) quick bench 130 --shapes 125m --mode graph --steps 10 --json "$OUT/bench_125m.json" ;;
