@@ -6,7 +6,7 @@
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
 # Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char,
-# bench-char-modes (graph and compile), bench-char-chunked (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=0), bench-compile,
+# bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
@@ -43,9 +43,9 @@ torch.cuda.get_device_name())" ;;
       else echo "benchmarks/gpu_parity.py not in the tree"; fi ;;
     bench-char) bench 170 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
     bench-char-modes) bench 200 --shapes char --mode graph,compile --json "$OUT/bench_char_modes.json" ;;
-    bench-char-chunked)  # every scan on FLA's chunked kernels, even at 64 tokens
-      GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=0 quick bench 200 --shapes char --models GF-MH,RWKV6,MAMBA2 --mode graph \
-        --json "$OUT/bench_char_chunked.json" ;;
+    bench-char-fused)  # scans of <= 64 tokens on FLA's fused recurrent kernels (the default before this stage's run)
+      GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64 quick bench 200 --shapes char --models GF-MH,RWKV6,MAMBA2 --mode graph \
+        --json "$OUT/bench_char_fused.json" ;;
     bench-compile) quick bench 240 --shapes char --models GF-MH,GPT2 --mode compile --json "$OUT/bench_compile.json" ;;
     bench-long) quick bench 110 --shapes long --mode graph --json "$OUT/bench_long.json" ;;
     bench-125m) quick bench 130 --shapes 125m --mode graph --steps 10 --json "$OUT/bench_125m.json" ;;
@@ -53,8 +53,8 @@ torch.cuda.get_device_name())" ;;
       timeout -k 5 40 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode graph --out "$OUT/profile.txt"
       timeout -k 5 40 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode eager --out "$OUT/profile.txt"
       timeout -k 5 30 python3 benchmarks/profile_step.py --model GPT2 --shape char --mode graph --out "$OUT/profile.txt" ;;
-    profile-long) quick timeout -k 5 60 python3 benchmarks/profile_step.py --model GF-MH --shape long --mode graph --out "$OUT/profile.txt" ;;
-    profile-125m) quick timeout -k 5 60 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
+    profile-long) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape long --mode graph --out "$OUT/profile.txt" ;;
+    profile-125m) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -78,7 +78,7 @@ def test_quick_autotune_cuts_after_the_kernels_own_pruning():
 def test_fused_recurrent_switch_reads_the_environment(monkeypatch):
     from groundthink.ops.backend import fused_recurrent_max_len
 
-    for value, expected in ((None, 64), ("0", 0), ("128", 128)):
+    for value, expected in ((None, 0), ("0", 0), ("128", 128)):
         fused_recurrent_max_len.cache_clear()
         if value is None:
             monkeypatch.delenv("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", raising=False)

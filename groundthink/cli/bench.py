@@ -104,6 +104,10 @@ def run(args) -> int:
                       if row.get("tok_per_s") else f"failed: {row.get('error')}"), file=sys.stderr, flush=True)
     add_ratios(rows)
     print(format_table(rows))
+    from groundthink.ops.ssd import _HOPPER_CHECKS
+
+    # Which chunked SSD kernel ran on Hopper + Triton < 3.7.1 (see ops/ssd.py): the self-checks' errors.
+    env["ssd_hopper_self_checks"] = {" ".join(map(str, key)): errors for key, errors in _HOPPER_CHECKS.items()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "command": " ".join(["groundthink"] + sys.argv[1:]),
@@ -226,6 +230,9 @@ def environment(device: str) -> dict:
     # The switches that change what is measured (see groundthink/ops/backend.py).
     env["fla_autotune"] = os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") or "full"
     env["fused_ops"] = os.environ.get("GROUNDTHINK_FUSED_OPS") != "0"
+    from groundthink.ops.backend import fused_recurrent_max_len
+
+    env["fused_recurrent_max_len"] = fused_recurrent_max_len()
     return env
 
 

@@ -97,10 +97,12 @@ def fused_recurrent_max_len() -> int:
     """Up to this many tokens a CUDA scan takes FLA's fused recurrent kernel, beyond it the chunked one.
 
     The fused recurrent kernel is one launch each way but walks the tokens in sequence; the chunked kernels
-    are several launches that use the matrix units. FLA's layers switch at 64 tokens, and so does the default
-    here; ``GROUNDTHINK_FUSED_RECURRENT_MAX_LEN`` moves the switch (``benchmarks/scan_bench.py`` times both).
+    are several launches that use the matrix units. FLA's layers switch at 64 tokens; on an H100 the chunked
+    kernels train faster already at 64 (char shape, captured step: GF-MH 1.36x, Mamba-2 1.55x, RWKV-6 1.18x;
+    benchmarks/results/2026-11-25-h100/bench_char_chunked.json), so the default is 0: every scan of more
+    than one token is chunked. ``GROUNDTHINK_FUSED_RECURRENT_MAX_LEN`` moves the switch.
     """
-    value = os.environ.get("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "64")
+    value = os.environ.get("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "0")
     try:
         return int(value)
     except ValueError:

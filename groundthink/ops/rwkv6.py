@@ -131,4 +131,4 @@ def _refuse_final_state_grad(grad):
     raise RuntimeError("backpropagating through the final RWKV-6 state of a short (fused recurrent) CUDA call is "
                        "not supported (FLA 0.6's fused recurrent kernel returns wrong key/value/decay gradients); "
                        "detach the carried state, or pass more tokens per call than "
-                       "GROUNDTHINK_FUSED_RECURRENT_MAX_LEN (default 64) so the chunked kernel is used")
+                       "GROUNDTHINK_FUSED_RECURRENT_MAX_LEN so the chunked kernel is used")
