@@ -214,13 +214,14 @@ def scan_backend(kind: str) -> str:
 
 def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> list[dict]:
     from groundthink.ops import rwkv6, rwkv6_chunk_torch, ssd, ssd_chunk_torch
+    from groundthink.ops.backend import fused_recurrent_max_len
 
     fast, torch_path = (rwkv6, rwkv6_chunk_torch) if kind == "rwkv6" else (ssd, ssd_chunk_torch)
     inputs = scan_inputs(kind, seq_len)
-    # FLA's fused recurrent RWKV-6 kernel (T <= 64) gets dk/dv/dw wrong when the loss depends on the final
-    # state, so groundthink.ops.rwkv6 refuses that gradient there: compare the output-only loss, and check
-    # the refusal separately.
-    through_state = not (kind == "rwkv6" and seq_len <= 64)
+    # FLA's fused recurrent RWKV-6 kernel (up to GROUNDTHINK_FUSED_RECURRENT_MAX_LEN tokens; off by default)
+    # gets dk/dv/dw wrong when the loss depends on the final state, so groundthink.ops.rwkv6 refuses that
+    # gradient there: compare the output-only loss, and check the refusal separately.
+    through_state = not (kind == "rwkv6" and seq_len <= fused_recurrent_max_len())
     reference = run_scan(torch_path, {n: t.double() for n, t in inputs.items()},
                          *(fixed_randn(s, 20 + i) for i, s in enumerate(out_and_state_shapes(kind, inputs))),
                          through_state=through_state)
@@ -341,7 +342,8 @@ def plan(groups=GROUPS):
             cases += [(f"layers/{kind}/{precision}", layer_parity, dict(kind=kind, precision=precision))
                       for kind in ("rwkv6", "mamba2")]
         if "ops" in groups:
-            # 37: FLA's fused recurrent RWKV-6 kernel (T <= 64); 200: its chunked kernels; SSD chunks at 64.
+            # 37 and 200: FLA's chunked kernels (the fused recurrent ones with GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64
+            # at 37); the SSD chunks at 64.
             cases += [(f"ops/{kind}/T{T}/{precision}", op_parity, dict(kind=kind, precision=precision, seq_len=T))
                       for kind in ("rwkv6", "ssd") for T in (37, 200)]
         if "model" in groups:

@@ -136,8 +136,23 @@ def test_token_shift_kernel():
 # ---------------------------------------------------------------------------------------------------------
 # The scans: FLA on CUDA == the chunked PyTorch scan on CPU (float64 reference)
 
-@pytest.mark.parametrize("T", [64, 200])  # 64: FLA's fused recurrent kernel; 200: its chunked kernels
-def test_rwkv6_scan(T):
+@pytest.fixture
+def scan_switch(monkeypatch):
+    """Set GROUNDTHINK_FUSED_RECURRENT_MAX_LEN for one test (64 = FLA's fused recurrent kernels up to 64 tokens)."""
+    from groundthink.ops.backend import fused_recurrent_max_len
+
+    def set_switch(max_len: int):
+        monkeypatch.setenv("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", str(max_len))
+        fused_recurrent_max_len.cache_clear()
+    yield set_switch
+    monkeypatch.undo()
+    fused_recurrent_max_len.cache_clear()
+
+
+# (64, 64): FLA's fused recurrent kernel; (64, 0) and (200, 0): its chunked kernels (the default).
+@pytest.mark.parametrize("T,switch", [(64, 64), (64, 0), (200, 0)])
+def test_rwkv6_scan(T, switch, scan_switch):
+    scan_switch(switch)
     from groundthink.ops.rwkv6 import rwkv6, rwkv6_chunk_torch
 
     g = torch.Generator().manual_seed(T)
@@ -148,15 +163,17 @@ def test_rwkv6_scan(T):
     u, h0 = torch.randn(H, K, generator=g), torch.randn(B, H, K, V, generator=g)
     out, grads = grads_of(lambda *t: rwkv6(*t), *cuda(r, k, v, w, u, h0))
     ref, ref_grads = grads_of(lambda *t: rwkv6_chunk_torch(*t), *(t.double() for t in (r, k, v, w, u, h0)))
-    check(f"rwkv6_T{T}.out", out, ref, 2e-3)
+    check(f"rwkv6_T{T}_switch{switch}.out", out, ref, 2e-3)
     for name, a, b in zip("rkvwuh", grads, ref_grads):
-        check(f"rwkv6_T{T}.grad_{name}", a, b, 5e-3)
+        check(f"rwkv6_T{T}_switch{switch}.grad_{name}", a, b, 5e-3)
 
 
-# 64: FLA's fused recurrent kernel; 200: chunked, at state sizes 64 and 128 (on Hopper + Triton < 3.7.1 each
-# size takes chunk_simple_gla only if its self-check passes, else chunk_gla: both must match the scan).
-@pytest.mark.parametrize("T,N", [(64, 64), (200, 64), (200, 128)])
-def test_ssd_scan(T, N):
+# switch 64: FLA's fused recurrent kernel; 0: chunked (the default), at state sizes 64 and 128 (on Hopper +
+# Triton < 3.7.1 each size takes chunk_simple_gla only if its self-check passes, else chunk_gla: both must
+# match the scan).
+@pytest.mark.parametrize("T,N,switch", [(64, 64, 64), (64, 64, 0), (200, 64, 0), (200, 128, 0)])
+def test_ssd_scan(T, N, switch, scan_switch):
+    scan_switch(switch)
     from groundthink.ops.ssd import ssd, ssd_chunk_torch
 
     g = torch.Generator().manual_seed(T)
@@ -172,8 +189,9 @@ def test_ssd_scan(T, N):
     names = ("x", "dt", "A", "B", "C", "h0")
     tols = dict.fromkeys(names, 5e-3)
     tols["A"] *= a_gradient_cancellation(x, dt, A, Bm, Cm, h0)
-    check_all([(f"ssd_T{T}_N{N}.out", out, ref, 2e-3)]
-              + [(f"ssd_T{T}_N{N}.grad_{name}", a, b, tols[name]) for name, a, b in zip(names, grads, ref_grads)])
+    label = f"ssd_T{T}_N{N}_switch{switch}"
+    check_all([(f"{label}.out", out, ref, 2e-3)]
+              + [(f"{label}.grad_{name}", a, b, tols[name]) for name, a, b in zip(names, grads, ref_grads)])
 
 
 def a_gradient_cancellation(x, dt, A, Bm, Cm, h0) -> float:
