@@ -36,7 +36,7 @@ torch.cuda.get_device_name())" ;;
     tests-ssd)  # only the SSD scan checks (fused recurrent and chunked), e.g. after a dispatch change
       GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 120 python3 -m pytest -q -m gpu -rfE \
         tests/test_gpu_fast_paths.py -k ssd_scan 2>&1 | tee "$OUT/gpu_tests.txt" | tail -5 ;;
-    scans) quick timeout -k 5 170 python3 benchmarks/scan_bench.py --shapes char,long,125m --json "$OUT/scan_bench.json" ;;
+    scans) quick timeout -k 5 420 python3 benchmarks/scan_bench.py --shapes char,long,125m --json "$OUT/scan_bench.json" ;;
     gpu-parity)
       if [ -f benchmarks/gpu_parity.py ]; then
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
