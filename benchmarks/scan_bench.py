@@ -21,8 +21,8 @@ import torch
 from groundthink.cli.bench import SHAPES, environment
 from groundthink.models.config import ModelConfig
 from groundthink.ops.rwkv6 import rwkv6_chunk_torch
-from groundthink.ops.ssd import (_fla_gated_chunk_backward_broken, chunk_simple_gla_hopper, hopper_chunk_errors,
-                                 ssd_chunk_torch)
+from groundthink.ops.fla_hopper import chunk_simple_gla_hopper, gated_chunk_backward_guarded, hopper_chunk_errors
+from groundthink.ops.ssd import ssd_chunk_torch
 
 
 def scan_dims(shape: dict) -> dict:
@@ -80,7 +80,7 @@ def ssd_variants():
 
     def simple(*inputs):
         kw, g = prepare(*inputs)
-        if _fla_gated_chunk_backward_broken():
+        if gated_chunk_backward_guarded():
             return chunk_simple_gla_hopper(g=g, initial_state=None, output_final_state=False, **kw)[0]
         return chunk_simple_gla(g=g, **kw)[0]
 
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     checks = {}
-    if _fla_gated_chunk_backward_broken():
+    if gated_chunk_backward_guarded():
         for shape_name in args.shapes.split(","):
             ssd_dims = scan_dims(SHAPES[shape_name])["ssd"]
             checks[f"N{ssd_dims['N']}_P{ssd_dims['P']}_bf16"] = hopper_chunk_errors(
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(environment=environment("cuda"), command=" ".join(sys.argv), rows=rows,
                            hopper_chunk_simple_gla_checks=checks,
-                           fla_gated_chunk_backward_guarded=_fla_gated_chunk_backward_broken()), f, indent=1)
+                           fla_gated_chunk_backward_guarded=gated_chunk_backward_guarded()), f, indent=1)
     return 0
 
 

@@ -90,3 +90,21 @@ def test_fused_recurrent_switch_reads_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="GROUNDTHINK_FUSED_RECURRENT_MAX_LEN='short' is not an integer"):
         fused_recurrent_max_len()
     fused_recurrent_max_len.cache_clear()
+
+
+def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatch):
+    from groundthink.ops import fla_hopper
+
+    monkeypatch.setattr(fla_hopper, "HOPPER_CHECKS", {})
+    agree = {"out": 1e-4, "dq": 8e-4, "dk": 7e-4, "dv": 1.3e-3, "dg": 9e-4, "dh0": 1e-8}   # as measured on an H100
+    miscompiled = dict(agree, dk=0.5)                                                  # FLA #640's signature
+    fla_hopper.HOPPER_CHECKS[(128, 64, torch.float32, "cuda:0")] = agree
+    fla_hopper.HOPPER_CHECKS[(64, 64, torch.float32, "cuda:0")] = miscompiled
+    fla_hopper.HOPPER_CHECKS[(128, 64, torch.bfloat16, "cuda:0")] = dict(agree, dk=3e-2)  # bf16: looser
+    assert fla_hopper.hopper_chunk_verified(128, 64, torch.float32, "cuda:0")
+    assert not fla_hopper.hopper_chunk_verified(64, 64, torch.float32, "cuda:0")
+    assert fla_hopper.hopper_chunk_verified(128, 64, torch.bfloat16, "cuda:0")
+    # An unchecked configuration met during a CUDA graph capture (no checks possible there) is not trusted.
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not fla_hopper.hopper_chunk_verified(32, 64, torch.float32, "cuda:0")
+    assert (32, 64, torch.float32, "cuda:0") not in fla_hopper.HOPPER_CHECKS

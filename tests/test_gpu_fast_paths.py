@@ -214,12 +214,12 @@ def a_gradient_cancellation(x, dt, A, Bm, Cm, h0) -> float:
 
 def log_hopper_checks():
     """Record the SSD's Hopper self-checks (which chunked kernel each state size got) in the parity log."""
-    from groundthink.ops.ssd import _HOPPER_CHECKS
+    from groundthink.ops.fla_hopper import HOPPER_CHECKS
 
     path = os.environ.get("GROUNDTHINK_PARITY_LOG")
-    if path and _HOPPER_CHECKS:
+    if path and HOPPER_CHECKS:
         with open(path, "a") as f:
-            for key, errors in _HOPPER_CHECKS.items():
+            for key, errors in HOPPER_CHECKS.items():
                 f.write(json.dumps({"hopper_self_check": [str(k) for k in key], "rel_err": errors}) + "\n")
 
 

@@ -104,10 +104,10 @@ def run(args) -> int:
                       if row.get("tok_per_s") else f"failed: {row.get('error')}"), file=sys.stderr, flush=True)
     add_ratios(rows)
     print(format_table(rows))
-    from groundthink.ops.ssd import _HOPPER_CHECKS
+    from groundthink.ops.fla_hopper import HOPPER_CHECKS
 
     # Which chunked SSD kernel ran on Hopper + Triton < 3.7.1 (see ops/ssd.py): the self-checks' errors.
-    env["ssd_hopper_self_checks"] = {" ".join(map(str, key)): errors for key, errors in _HOPPER_CHECKS.items()}
+    env["ssd_hopper_self_checks"] = {" ".join(map(str, key)): errors for key, errors in HOPPER_CHECKS.items()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "command": " ".join(["groundthink"] + sys.argv[1:]),

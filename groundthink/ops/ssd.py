@@ -19,13 +19,11 @@ which is why FLA's ``chunk_simple_gla`` Triton kernel computes it on CUDA.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from groundthink.ops.backend import fla_available, fused_recurrent_max_len, mamba_ssm_chunk_scan
+from groundthink.ops.fla_hopper import chunk_simple_gla_hopper, gated_chunk_backward_guarded, hopper_chunk_verified
 
 
 def ssd_recurrent_naive(x, dt, A, B, C, initial_state=None):
@@ -116,12 +114,11 @@ def ssd(x, dt, A, B, C, initial_state=None):
 def _ssd_fla(v, g, B, C, initial_state):
     """SSD as gated linear attention in FLA (q = C, k = B, v = dt x, log decay g = dt A).
 
-    Short inputs take the fused recurrent kernel (one launch each way). Longer ones take
-    ``chunk_simple_gla``. FLA refuses its backward on Hopper GPUs with Triton 3.4 - 3.7.0 (FLA #640: the
-    compiler miscompiles one kernel at a 64-wide key block); there it runs with FLA's guard lifted once a
-    self-check on this device, at this state size and precision, matched ``chunk_gla`` (the per-channel-gate
-    kernel FLA does not refuse), and on ``chunk_gla`` with the decay repeated over the state otherwise.
-    ``state_v_first`` keeps Mamba's ``[P, N]`` state.
+    ``chunk_simple_gla`` (the fused recurrent kernel up to ``fused_recurrent_max_len()`` tokens, none by
+    default). Where FLA refuses its backward (Hopper + Triton 3.4 - 3.7.0, FLA #640) it runs with the guard
+    lifted once ``ops/fla_hopper.py``'s self-check passed for this state size and precision, and on
+    ``chunk_gla`` with the decay repeated over the state otherwise. ``state_v_first`` keeps Mamba's
+    ``[P, N]`` state.
     """
     from fla.ops.gla import chunk_gla
     from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
@@ -130,104 +127,8 @@ def _ssd_fla(v, g, B, C, initial_state):
                   state_v_first=True)
     if v.shape[1] <= fused_recurrent_max_len():
         return fused_recurrent_simple_gla(g=g, **kwargs)
-    if not _fla_gated_chunk_backward_broken():
+    if not gated_chunk_backward_guarded():
         return chunk_simple_gla(g=g, **kwargs)
     if hopper_chunk_verified(B.shape[-1], v.shape[-1], B.dtype, v.device):
         return chunk_simple_gla_hopper(g=g, **kwargs)
     return chunk_gla(g=g.unsqueeze(-1).expand(*B.shape).contiguous(), **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def _fla_gated_chunk_backward_broken() -> bool:
-    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
-
-    return bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)
-
-
-@contextlib.contextmanager
-def _hopper_guard_lifted():
-    """Let FLA's gated ``chunk_bwd_dqkwg`` run on Hopper + Triton < 3.7.1 (its #640 guard raises there)."""
-    import fla.ops.common.chunk_o as chunk_o
-
-    saved = chunk_o.TRITON_ABOVE_3_7_1
-    chunk_o.TRITON_ABOVE_3_7_1 = True
-    try:
-        yield
-    finally:
-        chunk_o.TRITON_ABOVE_3_7_1 = saved
-
-
-@functools.lru_cache(maxsize=None)
-def _hopper_chunk_function():
-    from fla.ops.simple_gla.chunk import ChunkSimpleGLAFunction
-
-    class ChunkSimpleGLAHopper(ChunkSimpleGLAFunction):
-        """FLA's ``chunk_simple_gla`` whose backward runs with the #640 guard lifted."""
-
-        @staticmethod
-        def backward(ctx, do, dht):
-            with _hopper_guard_lifted():
-                return ChunkSimpleGLAFunction.backward(ctx, do, dht)
-
-    return ChunkSimpleGLAHopper
-
-
-def chunk_simple_gla_hopper(q, k, v, g, scale, initial_state, output_final_state, state_v_first):
-    """``chunk_simple_gla`` without FLA's Hopper guard; only call it where ``hopper_chunk_verified`` says so."""
-    return _hopper_chunk_function().apply(q, k, v, g, None, scale, initial_state, output_final_state,
-                                          state_v_first, None, None, None)
-
-
-# Largest relative L2 gradient error the self-check accepts. #640's miscompile is off by O(1) (dk ratio
-# ~0.5); the two kernels' honest disagreement in bf16 is ~1e-2 at most.
-HOPPER_CHECK_TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 4e-2, torch.float16: 2e-2}
-
-
-def hopper_chunk_verified(state_size: int, head_dim: int, dtype: torch.dtype, device) -> bool:
-    """Does the guard-lifted ``chunk_simple_gla`` match ``chunk_gla`` here (outputs and every gradient)?
-
-    Checked once per (state size, head dim, precision, device) on random inputs of two chunks; inside a
-    CUDA graph capture (no checks possible) an unchecked configuration counts as not verified.
-    """
-    key = (state_size, head_dim, dtype, str(torch.device(device)))
-    if key not in _HOPPER_CHECKS:
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        _HOPPER_CHECKS[key] = hopper_chunk_errors(state_size, head_dim, dtype, device)
-    errors = _HOPPER_CHECKS[key]
-    return max(errors.values()) <= HOPPER_CHECK_TOLERANCE.get(dtype, 2e-3)
-
-
-_HOPPER_CHECKS: dict[tuple, dict[str, float]] = {}
-
-
-def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, device,
-                        seq_len: int = 128, heads: int = 2) -> dict[str, float]:
-    """Relative L2 errors of the guard-lifted ``chunk_simple_gla`` against ``chunk_gla``, per tensor."""
-    from fla.ops.gla import chunk_gla
-
-    generator = torch.Generator(device=device).manual_seed(0)
-    shape = (1, seq_len, heads)
-
-    def rand(*size, dtype=dtype):
-        return torch.randn(*size, generator=generator, device=device, dtype=torch.float32).to(dtype)
-
-    q, k = rand(*shape, state_size) * state_size ** -0.5, rand(*shape, state_size)
-    v = rand(*shape, head_dim)
-    g = -torch.rand(*shape, generator=generator, device=device) * 0.2            # log decay in (-0.2, 0]
-    h0 = rand(1, heads, head_dim, state_size, dtype=torch.float32)
-    grad_out = rand(*shape, head_dim)
-    results = []
-    for kernel in ("simple", "gla"):
-        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, g, h0)]
-        qi, ki, vi, gi, hi = inputs
-        if kernel == "simple":
-            out, _ = chunk_simple_gla_hopper(qi, ki, vi, gi, 1.0, hi, True, True)
-        else:
-            out, _ = chunk_gla(q=qi, k=ki, v=vi, g=gi.unsqueeze(-1).expand(*ki.shape), scale=1.0,
-                               initial_state=hi, output_final_state=True, state_v_first=True)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in inputs])
-    names = ("out", "dq", "dk", "dv", "dg", "dh0")
-    return {name: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
-            for name, a, b in zip(names, *results)}
