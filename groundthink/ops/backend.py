@@ -99,7 +99,7 @@ def fused_recurrent_max_len() -> int:
     The fused recurrent kernel is one launch each way but walks the tokens in sequence; the chunked kernels
     are several launches that use the matrix units. FLA's layers switch at 64 tokens; on an H100 the chunked
     kernels train faster already at 64 (char shape, captured step: GF-MH 1.36x, Mamba-2 1.55x, RWKV-6 1.18x;
-    benchmarks/results/2026-11-25-h100/bench_char_chunked.json), so the default is 0: every scan of more
+    benchmarks/results/2026-11-25-h100/session8/bench_char_*.json), so the default is 0: every scan of more
     than one token is chunked. ``GROUNDTHINK_FUSED_RECURRENT_MAX_LEN`` moves the switch.
     """
     value = os.environ.get("GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "0")

@@ -1,9 +1,10 @@
 """FLA's chunked gated-linear-attention backward on Hopper GPUs with Triton 3.4 - 3.7.0 (FLA #640).
 
 FLA 0.6 raises in ``chunk_bwd_dqkwg`` (the backward of ``chunk_simple_gla``) on every Hopper GPU with these
-Triton versions (torch 2.8 - 2.12.0 ship them), because the compiler miscompiles that kernel at a 64-wide
-key block (FLA #640's bisection; FLA 0.6 itself uses 128-wide blocks on Hopper). The guard is broader than
-the bug, and the alternative (``chunk_gla`` with the decay repeated over the state) is much slower, so:
+Triton versions (torch 2.8 - 2.12.0 ship them), because the compiler miscompiles that kernel in some block
+configurations (FLA #640's bisection found a 64-wide key block tiling wider keys; FLA 0.6 tiles keys up to
+128 wide on Hopper). The guard is broader than the bug, and the alternative (``chunk_gla`` with the decay
+repeated over the state) is much slower, so:
 
 - ``hopper_chunk_verified`` runs the guard-lifted kernel against ``chunk_gla`` once per (state size, head
   dim, precision, device) — outputs and every gradient on random inputs of two chunks — and says whether
