@@ -6,6 +6,7 @@
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
 # Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char,
+# bench-char-graph (quick autotune, graph mode only),
 # bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
@@ -31,7 +32,7 @@ for stage in "$@"; do
 'triton', triton.__version__, 'fla', fla.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name())" ;;
     tests)
-      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 200 python3 -m pytest -q -m gpu -rfE tests/ \
+      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 300 python3 -m pytest -q -m gpu -rfE tests/ \
         2>&1 | tee "$OUT/gpu_tests.txt" | tail -25 ;;
     tests-ssd)  # only the SSD scan checks (fused recurrent and chunked), e.g. after a dispatch change
       GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 120 python3 -m pytest -q -m gpu -rfE \
@@ -42,6 +43,7 @@ torch.cuda.get_device_name())" ;;
         timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
       else echo "benchmarks/gpu_parity.py not in the tree"; fi ;;
     bench-char) bench 170 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
+    bench-char-graph) quick bench 150 --shapes char --mode graph --json "$OUT/bench_char_graph.json" ;;
     bench-char-modes) bench 200 --shapes char --mode graph,compile --json "$OUT/bench_char_modes.json" ;;
     bench-char-fused)  # scans of <= 64 tokens on FLA's fused recurrent kernels (the default before this stage's run)
       GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64 quick bench 200 --shapes char --models GF-MH,RWKV6,MAMBA2 --mode graph \

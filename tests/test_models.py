@@ -238,8 +238,11 @@ def test_fusion_parameters_match_spec_at_d128(key):
 # Each variant can fit one small batch
 
 OVERFIT_STEPS = 40
-# Final loss bound (start: ~ln 16 = 2.77). Measured after 40 steps, two seeds: 0.03-0.12 for every key but
-# RWKV6 (0.13-0.29). Token statistics alone cannot go below ~2.3 on random sequences: passing needs the mixers.
+# Bound on the best loss of the run (start: ~ln 16 = 2.77). Measured over 40 steps, four seeds: 0.03-0.13 for
+# every key but the RWKV-heavy RWKV6 (0.08-0.28) and SEQ-2R1M (0.18-0.38). Adam at lr 1e-2 makes those two
+# oscillate (their *final* loss ranged 0.08-0.50 over eight seeds, and moved that much when a fused
+# multiply-add changed the last float32 bit), so the test asks that the loss gets there, not where it ends.
+# Token statistics alone cannot go below ~2.3 on random sequences: passing needs the mixers.
 OVERFIT_BOUND = 0.5
 
 
@@ -253,16 +256,17 @@ def test_overfits_one_batch(key):
     ids = torch.randint(0, 16, (4, 17), generator=torch.Generator().manual_seed(1))
     inputs, targets = ids[:, :-1], ids[:, 1:]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    initial = None
+    losses = []
     for _ in range(OVERFIT_STEPS):
         loss = model(inputs, targets=targets).loss
-        initial = loss.item() if initial is None else initial
+        losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    final = model(inputs, targets=targets).loss.item()
+    losses.append(model(inputs, targets=targets).loss.item())
+    initial, best = losses[0], min(losses)
     assert abs(initial - math.log(16)) < 0.2
-    assert final < OVERFIT_BOUND, f"{key}: {initial:.3f} -> {final:.3f}"
+    assert best < OVERFIT_BOUND, f"{key}: {initial:.3f} -> best {best:.3f} (final {losses[-1]:.3f})"
 
 
 def test_float64_model_computes_in_float64():

@@ -50,7 +50,7 @@ class GatedFusion(nn.Module):
 
     def forward(self, r, m):
         gate = torch.sigmoid(self.gate_proj(torch.cat([r, m], dim=-1)))
-        return gate * r + (1.0 - gate) * m, gate
+        return torch.lerp(m, r, gate.to(r.dtype)), gate  # s * r + (1 - s) * m, one kernel each way
 
 
 class ConcatProjectFusion(nn.Module):

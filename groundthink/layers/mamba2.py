@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from groundthink.ops.norms import gated_rms_norm, upcast
+from groundthink.ops.norms import gated_rms_norm
+from groundthink.ops.precision import matmul_dtype, upcast
 from groundthink.ops.shortconv import causal_conv1d_silu
 from groundthink.ops.ssd import ssd
 
@@ -103,6 +104,6 @@ class Mamba2(nn.Module):
         B, C = (t.reshape(batch, seq_len, self.n_groups, self.ssm_state_size)
                  .repeat_interleave(heads_per_group, dim=2) for t in (B, C))
         y, ssm_state = ssd(x, dt, A, B, C, initial_state=None if state is None else state.ssm)
-        y = y + x * self.D[:, None].to(x.dtype)
+        y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))                    # the D * x skip
         y = self.norm(y.reshape(batch, seq_len, self.intermediate_size), gate)
-        return self.out_proj(y.to(hidden_states.dtype)), Mamba2State(ssm_state, new_conv)
+        return self.out_proj(y.to(matmul_dtype(hidden_states))), Mamba2State(ssm_state, new_conv)

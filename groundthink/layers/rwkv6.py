@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from groundthink.ops.norms import group_norm, upcast
+from groundthink.ops.norms import group_norm
+from groundthink.ops.precision import to_matmul_dtype, upcast
 from groundthink.ops.rwkv6 import rwkv6
 from groundthink.ops.shortconv import token_shift_delta
 
@@ -53,7 +54,7 @@ class LerpLinear(nn.Module):
         self.mu = nn.Parameter(torch.zeros(input_dim))
 
     def forward(self, x, delta):
-        return self.linear(x + delta * self.mu)
+        return self.linear(torch.addcmul(x, delta, self.mu.to(x.dtype)))
 
 
 class DDLerpLinear(nn.Module):
@@ -65,7 +66,7 @@ class DDLerpLinear(nn.Module):
                        else LoRA(input_dim, output_dim, low_rank_dim))
 
     def forward(self, x, mu, delta):
-        return self.linear(x + delta * mu)
+        return self.linear(torch.addcmul(x, delta, mu))
 
 
 class RWKV6(nn.Module):
@@ -116,17 +117,22 @@ class RWKV6(nn.Module):
     def forward(self, hidden_states: torch.Tensor, state: RWKV6State | None = None):
         """``hidden_states: [B, T, D]`` -> ``(out [B, T, D], RWKV6State)``."""
         batch, seq_len, hidden = hidden_states.shape
-        delta = token_shift_delta(hidden_states, None if state is None else state.shift)
+        # Every token-shift mix only feeds a projection: mix in the matmul precision (ops/precision.py).
+        x = to_matmul_dtype(hidden_states)
+        delta = token_shift_delta(x, None if state is None else state.shift)
 
-        mix = self.x_proj[0](hidden_states, delta).view(batch, seq_len, 5, self.proj_low_rank_dim)
+        mix = self.x_proj[0](x, delta).view(batch, seq_len, 5, self.proj_low_rank_dim)
         mix = torch.einsum("btnr,hnr->btnh", self.x_proj[1](mix),
                            self.x_proj[2].weight.view(hidden, 5, self.proj_low_rank_dim))
-        mu_r, mu_w, mu_k, mu_v, mu_g = (mix + self.x_bias).unbind(-2)
-        receptance = self.r_proj(hidden_states, mu_r, delta)
-        log_decay = self.w_proj(hidden_states, mu_w, delta)
-        key = self.k_proj(hidden_states, mu_k, delta)
-        value = self.v_proj(hidden_states, mu_v, delta)
-        gate = self.g_proj(hidden_states, mu_g, delta)
+        mix = mix + self.x_bias.to(mix.dtype)                                   # [B, T, 5, D]: mu_t of r, w, k, v, g
+        # The five data-dependent mixes x + delta * mu_t as one kernel (and one of each in the backward);
+        # the projections read their slice in place.
+        x_r, x_w, x_k, x_v, x_g = torch.addcmul(x.unsqueeze(-2), delta.unsqueeze(-2), mix).unbind(-2)
+        receptance = self.r_proj.linear(x_r)
+        log_decay = self.w_proj.linear(x_w)
+        key = self.k_proj.linear(x_k)
+        value = self.v_proj.linear(x_v)
+        gate = self.g_proj.linear(x_g)
 
         heads = (batch, seq_len, self.num_heads, -1)
         out, wkv = rwkv6(

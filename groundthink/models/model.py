@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from groundthink.models.blocks import BLOCKS
 from groundthink.models.config import ModelConfig
-from groundthink.ops.norms import RMSNorm, upcast
+from groundthink.ops.norms import RMSNorm
+from groundthink.ops.precision import upcast
 
 
 @dataclass

@@ -11,11 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from groundthink.ops.backend import fused_ops_wanted
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half types are computed in float32, float64 stays float64."""
-    return t if t.dtype == torch.float64 else t.float()
+from groundthink.ops.precision import upcast
 
 
 def group_norm(x, weight, bias, num_groups: int, eps: float):
