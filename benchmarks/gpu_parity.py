@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -222,9 +223,10 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
     # gets dk/dv/dw wrong when the loss depends on the final state, so groundthink.ops.rwkv6 refuses that
     # gradient there: compare the output-only loss, and check the refusal separately.
     through_state = not (kind == "rwkv6" and seq_len <= fused_recurrent_max_len())
-    reference = run_scan(torch_path, {n: t.double() for n, t in inputs.items()},
-                         *(fixed_randn(s, 20 + i) for i, s in enumerate(out_and_state_shapes(kind, inputs))),
-                         through_state=through_state)
+    weights = [fixed_randn(s, 20 + i) for i, s in enumerate(out_and_state_shapes(kind, inputs))]
+    reference = run_scan(torch_path, {n: t.double() for n, t in inputs.items()}, *weights, through_state=through_state)
+    # A's gradient sums per-token terms of both signs: its relative error is the terms' times their cancellation.
+    amplification = {"grad.A": ssd_a_grad_amplification(inputs, *weights)} if kind == "ssd" else {}
     low = BF16_INPUTS[kind] if precision == "bf16" else ()
     on_device = {n: t.to(device, torch.bfloat16 if n in low else torch.float32) for n, t in inputs.items()}
     result = run_scan(fast, on_device,
@@ -234,9 +236,11 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
     checks = []
     for name, expected in reference.items():
         is_grad = name.startswith("grad.")
-        checks.append(check("ops", f"{kind}_T{seq_len}.{name}", precision, result[name], expected,
-                            TOLERANCES[precision]["grad" if is_grad else "out"], typical=typical if is_grad else None,
-                            backend=scan_backend(kind), reference="torch_chunked_fp64_cpu"))
+        tol = TOLERANCES[precision]["grad" if is_grad else "out"] * amplification.get(name, 1.0)
+        checks.append(check("ops", f"{kind}_T{seq_len}.{name}", precision, result[name], expected, tol,
+                            typical=typical if is_grad else None, backend=scan_backend(kind),
+                            reference="torch_chunked_fp64_cpu", **({"cancellation": amplification[name]}
+                                                                   if name in amplification else {})))
     if not through_state and scan_backend(kind) == "fla":
         refused = False
         try:
@@ -247,6 +251,30 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
         checks.append({"group": "ops", "name": f"{kind}_T{seq_len}.refuses_final_state_grad", "precision": precision,
                        "passed": refused, "tol": None, "backend": "fla"})
     return checks
+
+
+def ssd_a_grad_amplification(inputs: dict, out_weight, state_weight) -> float:
+    """How much the SSD's ``dL/dA_h = sum_{b,t} term_{b,t,h}`` amplifies its terms' relative error.
+
+    The kernels' per-token terms are as accurate as every other gradient (float32 Triton dots are TF32), but
+    terms of both signs cancel in the sum, so the sum's relative error is theirs times this factor (>= 1).
+    """
+    return sum_cancellation(ssd_a_grad_terms(inputs, out_weight, state_weight), dims=(0, 1))
+
+
+def ssd_a_grad_terms(inputs: dict, out_weight, state_weight) -> torch.Tensor:
+    """``[B, T, H]``: the per-token terms of A's gradient, float64 (one A per token: its gradients are them)."""
+    from groundthink.ops import ssd_chunk_torch
+
+    per_token = {n: t.double() for n, t in inputs.items()}
+    per_token["A"] = per_token["A"].expand(per_token["dt"].shape).clone()
+    one_chunk = functools.partial(ssd_chunk_torch, chunk_size=per_token["dt"].shape[1])  # no padding to match
+    return run_scan(one_chunk, per_token, out_weight, state_weight)["grad.A"]
+
+
+def sum_cancellation(terms: torch.Tensor, dims) -> float:
+    """``||sum |terms||| / ||sum terms||`` over ``dims``: 1 when no term cancels another, large when most do."""
+    return max(1.0, float(terms.abs().sum(dims).norm() / terms.sum(dims).norm().clamp_min(1e-300)))
 
 
 def out_and_state_shapes(kind: str, inputs: dict):

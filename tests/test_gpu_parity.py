@@ -55,3 +55,16 @@ def test_check_pass_rules():
     assert not nan["passed"]
     missing = gpu_parity.check("g", "t", "fp32", None, tiny, tol=1.0)
     assert not missing["passed"] and "missing" in missing["error"]
+
+
+def test_ssd_a_grad_cancellation():
+    # The per-token terms sum to A's gradient, and the factor that scales A's tolerance is 1 without cancellation.
+    inputs = gpu_parity.scan_inputs("ssd", 100)  # more than one chunk of the reference scan
+    weights = [gpu_parity.fixed_randn(s, 20 + i) for i, s in enumerate(gpu_parity.out_and_state_shapes("ssd", inputs))]
+    terms = gpu_parity.ssd_a_grad_terms(inputs, *weights)
+    from groundthink.ops import ssd_chunk_torch
+    reference = gpu_parity.run_scan(ssd_chunk_torch, {n: t.double() for n, t in inputs.items()}, *weights)
+    torch.testing.assert_close(terms.sum((0, 1)), reference["grad.A"], rtol=1e-10, atol=1e-12)
+    assert gpu_parity.ssd_a_grad_amplification(inputs, *weights) >= 1.0
+    assert gpu_parity.sum_cancellation(torch.ones(3, 4, 2).double(), dims=(0, 1)) == 1.0
+    assert gpu_parity.sum_cancellation(torch.tensor([[1.0], [-0.99]]).double(), dims=(0,)) == pytest.approx(199.0)
