@@ -8,7 +8,7 @@
 # Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char,
 # bench-char-graph (quick autotune, graph mode only),
 # bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
-# bench-long, bench-125m, profile-char, profile-125m, profile-long. Every stage but bench-char and
+# bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites. Every stage but bench-char and
 # profile-char runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
 set -uo pipefail
@@ -56,6 +56,9 @@ torch.cuda.get_device_name())" ;;
       timeout -k 5 40 python3 benchmarks/profile_step.py --model GF-MH --shape char --mode eager --out "$OUT/profile.txt"
       timeout -k 5 30 python3 benchmarks/profile_step.py --model GPT2 --shape char --mode graph --out "$OUT/profile.txt" ;;
     profile-long) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape long --mode graph --out "$OUT/profile.txt" ;;
+    profile-sites)  # eager step: GPU time per (model function, op), backward charged to its forward function
+      quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode eager --steps 2 \
+        --by-site 40 --out "$OUT/profile_sites.txt" ;;
     profile-125m) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
     *) echo "unknown stage $stage" ;;
   esac

@@ -4,6 +4,8 @@
 
 Prints (and writes) the wall time per step, the number of GPU kernels per step, the GPU-busy time, the time
 per kernel family (FLA scans, matmuls, PyTorch elementwise, Inductor, ...) and the top kernels.
+``--by-site N`` (eager mode: a captured graph replays kernels no op launched) adds the N (model function,
+op) pairs that cost most GPU time, backward ops charged to the function whose forward op they differentiate.
 """
 from __future__ import annotations
 
@@ -42,6 +44,51 @@ def family(name: str) -> str:
     return "other"
 
 
+SITE = re.compile(r"groundthink/[\w/]+\.py\(\d+\): \w+")  # "file(first line): function" (with_stack)
+BACKWARD = "autograd::engine::evaluate_function: "
+
+
+def model_site(event) -> str:
+    """The innermost GroundThink function above a profiled op, ``file(its first line): name``, or "?"
+    (needs ``with_stack=True``)."""
+    while event is not None:
+        match = SITE.search(event.name)
+        if match:
+            return match.group(0)
+        event = event.cpu_parent
+    return "?"
+
+
+def time_by_site(events, use_device: bool = True) -> dict[tuple[str, str], list]:
+    """Self time (us) and count of every ATen op, keyed by (model function, op).
+
+    A forward op is charged to the GroundThink function that called it; a backward op to the one whose forward
+    op created its autograd node (the profiler gives both the same sequence number), labelled
+    ``NodeBackward0 > aten::op``. Self times, so nested ops are not counted twice.
+    """
+    forward_site: dict[int, str] = {}
+    for e in events:
+        if e.name.startswith("aten::") and e.sequence_nr >= 0 and e.sequence_nr not in forward_site:
+            site = model_site(e)
+            if site != "?":
+                forward_site[e.sequence_nr] = site
+    table = collections.defaultdict(lambda: [0, 0.0])
+    for e in events:
+        us = e.self_device_time_total if use_device else e.self_cpu_time_total
+        if not e.name.startswith("aten::") or us <= 0:
+            continue
+        node = e.cpu_parent
+        while node is not None and not node.name.startswith(BACKWARD):
+            node = node.cpu_parent
+        if node is None:
+            key = (model_site(e), e.name)
+        else:
+            key = (forward_site.get(node.sequence_nr, "?"), f"{node.name[len(BACKWARD):]} > {e.name}")
+        table[key][0] += 1
+        table[key][1] += us
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="GF-MH")
@@ -49,8 +96,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="graph", choices=list(MODES))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--by-site", type=int, default=0, metavar="N",
+                        help="also list the N costliest (model function, op) pairs (needs --mode eager)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.by_site and args.mode != "eager":
+        parser.error(f"--by-site needs --mode eager (mode {args.mode} replays kernels that no op launches)")
 
     shape = dict(SHAPES[args.shape])
     batch, seq = shape.pop("batch_size"), shape.pop("seq_len")
@@ -63,7 +114,7 @@ def main(argv=None) -> int:
         step(inputs, targets)
     torch.cuda.synchronize()
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(args.by_site)) as prof:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(args.steps):
@@ -89,6 +140,12 @@ def main(argv=None) -> int:
     lines += ["", f"top {args.top} kernels by GPU time", f"{'kernel':90s} {'calls/step':>10s} {'us/step':>10s}"]
     for name, (count, us) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:args.top]:
         lines.append(f"{name[:90]:90s} {count / args.steps:10.1f} {us / args.steps:10.1f}")
+    if args.by_site:
+        sites = time_by_site(prof.events())
+        lines += ["", f"top {args.by_site} (model function, op) by GPU time",
+                  f"{'function':50s} {'op':60s} {'calls/step':>10s} {'us/step':>10s}"]
+        for (site, op), (count, us) in sorted(sites.items(), key=lambda kv: -kv[1][1])[:args.by_site]:
+            lines.append(f"{site[:50]:50s} {op[:60]:60s} {count / args.steps:10.1f} {us / args.steps:10.1f}")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,7 +1,9 @@
 """``groundthink bench`` on CPU: a real (tiny) run, its table and JSON, and one-line errors for bad input."""
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from groundthink.cli.bench import format_table
 from groundthink.cli.main import main
@@ -42,3 +44,25 @@ def test_bench_bad_input_is_one_line(argv, message, capsys):
 def test_failed_row_is_shown_not_raised():
     rows = [{"shape": "char", "model": "GF-MH", "mode": "graph", "error": "OOM: out of memory"}]
     assert "OOM: out of memory" in format_table(rows)
+
+
+def test_profile_by_site_charges_backward_ops_to_their_forward_line():
+    # profile_step --by-site: the mix's addcmul and its backward are both charged to RWKV6.forward.
+    import importlib.util
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from groundthink.layers.rwkv6 import RWKV6
+
+    spec = importlib.util.spec_from_file_location("profile_step", Path(__file__).parents[1] / "benchmarks" / "profile_step.py")
+    profile_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_step)
+    layer = RWKV6(hidden_size=32, num_heads=2)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        layer(x)[0].square().sum().backward()
+    sites = profile_step.time_by_site(prof.events(), use_device=False)
+    forward = {site for site, op in sites if op == "aten::addcmul" and site.startswith("groundthink/layers/rwkv6.py(")}
+    backward = {site for site, op in sites if op.startswith("AddcmulBackward0 > ")}
+    assert forward and backward and backward <= forward, (forward, backward)
+    assert all(count > 0 and us > 0 for count, us in sites.values())
