@@ -90,6 +90,10 @@ class Trainer:
         self.model = GroundThinkLM(self.model_config).to(self.device)
         self.train_model = self.wrap_model(self.model)
         self.use_graph_step = self.wants_graph_step(tc.cuda_graph)
+        if tc.compile and not self.use_graph_step:
+            why = self.graph_step_problem() or f"train.cuda_graph={tc.cuda_graph} on {self.device}"
+            raise UserError(f"train.compile=true compiles the captured step, which this run does not use ({why}); "
+                            f"use train.cuda_graph=auto on one CUDA device (on: also on CPU), or train.compile=false")
         self.optimizer = self.build_graph_optimizer() if self.use_graph_step else build_optimizer(self.model, tc)
         self.graph_step = None              # the TrainStep (built at the first step) when use_graph_step
         self.sampler = RandomWindowSampler(self.data.train, tc.batch_size, tc.seq_len, tc.seed, rank, world_size)
@@ -191,7 +195,7 @@ class Trainer:
         return TrainStep(  # autocast is TrainStep's (without the weight-cast cache, as capture needs)
             self.model, self.optimizer, tc.batch_size, tc.seq_len, accumulation=tc.grad_accum,
             grad_clip=tc.grad_clip or None, amp_dtype=torch.bfloat16 if bf16 else None,
-            cuda_graph=self.device.type == "cuda",
+            cuda_graph=self.device.type == "cuda", compile=tc.compile,
             loss_fn=lambda model, inputs, targets: self.compute_loss(inputs, targets, autocast=False),
             after_backward=lambda: [hook.on_after_backward(self) for hook in self.hooks])
 
@@ -532,7 +536,8 @@ class Trainer:
                    "train_seconds": self.train_seconds,
                    "tok_per_s": self.tokens_seen / self.train_seconds if self.train_seconds > 0 else None,
                    "device": str(self.device), "world_size": self.world_size,
-                   "step_mode": "cuda_graph" if self.use_graph_step and self.device.type == "cuda" else "eager"}
+                   "step_mode": ("cuda_graph" if self.use_graph_step and self.device.type == "cuda" else "eager")
+                                + ("+compile" if self.config.train.compile else "")}
         if self.last_eval:
             summary["final"] = {k: v for k, v in self.last_eval.items() if k != "kind"}
         if self.signal_received is not None:
