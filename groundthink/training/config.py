@@ -81,8 +81,8 @@ class TrainConfig:
     # are all graph-safe, else the eager step; off: the eager step.
     cuda_graph: str = "auto"
     # torch.compile the captured step's forward + backward (Inductor fuses the element-wise ops around FLA's
-    # kernels). Needs that step (cuda_graph on, or auto on one CUDA device). On an H100: 1.21x at the char
-    # shape, 1.04x at ~125M (bench --mode compile), for about a minute of compilation at the first step.
+    # kernels). Needs that step (cuda_graph on, or auto on one CUDA device). On an H100 about 1.2x at the char
+    # shape, 1.04x at ~125M (bench --mode compile; README), for about a minute of compilation at the start.
     compile: bool = False
 
     def validate(self) -> None:
