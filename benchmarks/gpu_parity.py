@@ -277,6 +277,16 @@ def sum_cancellation(terms: torch.Tensor, dims) -> float:
     return max(1.0, float(terms.abs().sum(dims).norm() / terms.sum(dims).norm().clamp_min(1e-300)))
 
 
+def import_kernels() -> None:
+    """Import FLA's layers (and every kernel module they use) before GroundThink checks FLA: its
+    ``GROUNDTHINK_FLA_AUTOTUNE=quick`` cut applies to the FLA modules loaded by then, and FLA's own layers run
+    first here (unquickened, their chunked kernels autotune for minutes per shape)."""
+    import fla.layers  # noqa: F401
+    from groundthink.ops.backend import fla_available
+
+    fla_available()
+
+
 def out_and_state_shapes(kind: str, inputs: dict):
     if kind == "rwkv6":
         return inputs["v"].shape, inputs["initial_state"].shape
@@ -447,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    import_kernels()
     started = time.time()
     checks, timings = [], {}
     report = {"command": " ".join(["python benchmarks/gpu_parity.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -27,6 +27,7 @@ gpu_parity = load_script()
 @pytest.mark.gpu
 @pytest.mark.parametrize("label, fn, kwargs", gpu_parity.plan(), ids=[case[0] for case in gpu_parity.plan()])
 def test_gpu_parity(label, fn, kwargs):
+    gpu_parity.import_kernels()
     checks = fn(**kwargs)
     assert checks
     failures = gpu_parity.summarize(checks)["failures"]
