@@ -31,8 +31,8 @@ for stage in "$@"; do
       python3 -c "import torch, triton, fla, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'fla', fla.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name())" ;;
-    tests)
-      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 300 python3 -m pytest -q -m gpu -rfE tests/ \
+    tests)  # the whole GPU suite: ~300 s for the first 32 of its tests on a fresh H100 (session 9)
+      GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 480 python3 -m pytest -q -m gpu -rfE tests/ \
         2>&1 | tee "$OUT/gpu_tests.txt" | tail -25 ;;
     tests-ssd)  # only the SSD scan checks (fused recurrent and chunked), e.g. after a dispatch change
       GROUNDTHINK_PARITY_LOG=$OUT/parity.jsonl quick timeout -k 5 120 python3 -m pytest -q -m gpu -rfE \
