@@ -5,7 +5,8 @@
 #
 #   OUT=/tmp/out benchmarks/device_session.sh env tests bench-char profile-char
 #
-# Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present), bench-char,
+# Stages: env, tests (pytest -m gpu), tests-ssd, scans (benchmarks/scan_bench.py), gpu-parity (issue 2's script, if present),
+# gpu-parity-components (its model checks with one FLA component switched off at a time), bench-char,
 # bench-char-graph (quick autotune, graph mode only),
 # bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
 # bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites. Every stage but bench-char and
@@ -40,8 +41,13 @@ torch.cuda.get_device_name())" ;;
     scans) quick timeout -k 5 420 python3 benchmarks/scan_bench.py --shapes char,long,125m --json "$OUT/scan_bench.json" ;;
     gpu-parity)
       if [ -f benchmarks/gpu_parity.py ]; then
-        timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
+        quick timeout -k 5 240 python3 benchmarks/gpu_parity.py --out "$OUT/gpu_parity.json"
       else echo "benchmarks/gpu_parity.py not in the tree"; fi ;;
+    gpu-parity-components)  # the model checks with FLA's small-op kernels off, then with the fused recurrent scans
+      for setting in GROUNDTHINK_FUSED_OPS=0 GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64; do
+        env "$setting" GROUNDTHINK_FLA_AUTOTUNE=quick timeout -k 5 150 python3 benchmarks/gpu_parity.py --groups model \
+          --out "$OUT/gpu_parity_model_${setting%%=*}.json" | tail -4
+      done ;;
     bench-char) bench 170 --shapes char --mode eager,graph --json "$OUT/bench_char.json" ;;
     bench-char-graph) quick bench 150 --shapes char --mode graph --json "$OUT/bench_char_graph.json" ;;
     bench-char-modes) bench 200 --shapes char --mode graph,compile --json "$OUT/bench_char_modes.json" ;;
