@@ -253,7 +253,7 @@ def op_parity(kind: str, precision: str, seq_len: int, device: str = "cuda") -> 
     return checks
 
 
-def ssd_a_grad_amplification(inputs: dict, out_weight, state_weight) -> float:
+def ssd_a_grad_amplification(inputs: dict, out_weight, state_weight=None) -> float:
     """How much the SSD's ``dL/dA_h = sum_{b,t} term_{b,t,h}`` amplifies its terms' relative error.
 
     The kernels' per-token terms are as accurate as every other gradient (float32 Triton dots are TF32), but
@@ -262,14 +262,15 @@ def ssd_a_grad_amplification(inputs: dict, out_weight, state_weight) -> float:
     return sum_cancellation(ssd_a_grad_terms(inputs, out_weight, state_weight), dims=(0, 1))
 
 
-def ssd_a_grad_terms(inputs: dict, out_weight, state_weight) -> torch.Tensor:
-    """``[B, T, H]``: the per-token terms of A's gradient, float64 (one A per token: its gradients are them)."""
+def ssd_a_grad_terms(inputs: dict, out_weight, state_weight=None) -> torch.Tensor:
+    """``[B, T, H]``: the per-token terms of A's gradient, float64 (one A per token: its gradients are them),
+    for the loss ``run_scan`` forms (``state_weight=None``: the output alone)."""
     from groundthink.ops import ssd_chunk_torch
 
     per_token = {n: t.double() for n, t in inputs.items()}
     per_token["A"] = per_token["A"].expand(per_token["dt"].shape).clone()
     one_chunk = functools.partial(ssd_chunk_torch, chunk_size=per_token["dt"].shape[1])  # no padding to match
-    return run_scan(one_chunk, per_token, out_weight, state_weight)["grad.A"]
+    return run_scan(one_chunk, per_token, out_weight, state_weight, through_state=state_weight is not None)["grad.A"]
 
 
 def sum_cancellation(terms: torch.Tensor, dims) -> float:

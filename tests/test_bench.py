@@ -1,12 +1,12 @@
 """``groundthink bench`` on CPU: a real (tiny) run, its table and JSON, and one-line errors for bad input."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from groundthink.cli.bench import format_table
 from groundthink.cli.main import main
+from training_utils import load_benchmark
 
 
 def test_bench_cpu_writes_table_and_json(tmp_path, capsys):
@@ -48,15 +48,11 @@ def test_failed_row_is_shown_not_raised():
 
 def test_profile_by_site_charges_backward_ops_to_their_forward_line():
     # profile_step --by-site: the mix's addcmul and its backward are both charged to RWKV6.forward.
-    import importlib.util
-
     from torch.profiler import ProfilerActivity, profile
 
     from groundthink.layers.rwkv6 import RWKV6
 
-    spec = importlib.util.spec_from_file_location("profile_step", Path(__file__).parents[1] / "benchmarks" / "profile_step.py")
-    profile_step = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_step)
+    profile_step = load_benchmark("profile_step")
     layer = RWKV6(hidden_size=32, num_heads=2)
     x = torch.randn(2, 8, 32, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:

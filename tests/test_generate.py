@@ -278,13 +278,9 @@ def test_cli_export_writes_a_folder_that_loads_exactly(run_dir, tmp_path, capsys
 
 
 def test_decode_benchmark_runs_and_reports_flat_recurrent_state(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from training_utils import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_bench.py"
-    spec = importlib.util.spec_from_file_location("decode_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("decode_bench")
     out = tmp_path / "decode.json"
     assert bench.main(["--small", "--contexts", "8", "32", "--new-tokens", "2", "--warmup", "1", "--hidden-size",
                        "32", "--n-layers", "1", "--threads", str(torch.get_num_threads()), "--json", str(out)]) == 0

@@ -3,25 +3,14 @@ kernels vs our PyTorch scans, GF-MH on CUDA vs CPU; float32 and bf16), one test 
 
 Marked ``gpu``: skipped without CUDA. The dry run (imports, module construction) is checked everywhere.
 """
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_parity.py"
+from training_utils import load_benchmark
 
-
-def load_script():
-    pytest.importorskip("triton")
-    pytest.importorskip("fla")
-    spec = importlib.util.spec_from_file_location("gpu_parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_parity = load_script()
+pytest.importorskip("triton")
+pytest.importorskip("fla")
+gpu_parity = load_benchmark("gpu_parity")
 
 
 @pytest.mark.gpu

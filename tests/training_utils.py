@@ -1,6 +1,7 @@
 """Shared helpers of the training tests: tiny configs that train in a fraction of a second per step."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,14 @@ from groundthink.training.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (the scripts are not a package; tests call their functions)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 TINY_MODEL = {"hidden_size": 32, "n_layers": 2, "rwkv_heads": 2, "mamba_head_dim": 16, "mamba_state_size": 16}
