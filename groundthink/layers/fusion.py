@@ -50,7 +50,7 @@ class GatedFusion(nn.Module):
 
     def forward(self, r, m):
         gate = torch.sigmoid(self.gate_proj(torch.cat([r, m], dim=-1)))
-        return torch.lerp(m, r, gate.to(r.dtype)), gate  # s * r + (1 - s) * m, one kernel each way
+        return torch.lerp(m, r, gate.to(r.dtype)), gate  # s * r + (1 - s) * m in one kernel
 
 
 class ConcatProjectFusion(nn.Module):

@@ -125,7 +125,7 @@ class RWKV6(nn.Module):
         mix = torch.einsum("btnr,hnr->btnh", self.x_proj[1](mix),
                            self.x_proj[2].weight.view(hidden, 5, self.proj_low_rank_dim))
         mix = mix + self.x_bias.to(mix.dtype)                                   # [B, T, 5, D]: mu_t of r, w, k, v, g
-        # The five data-dependent mixes x + delta * mu_t as one kernel (and one of each in the backward);
+        # The five data-dependent mixes x + delta * mu_t as one kernel (a few in the backward, not ~15);
         # the projections read their slice in place.
         x_r, x_w, x_k, x_v, x_g = torch.addcmul(x.unsqueeze(-2), delta.unsqueeze(-2), mix).unbind(-2)
         receptance = self.r_proj.linear(x_r)
