@@ -108,3 +108,51 @@ def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert not fla_hopper.hopper_chunk_verified(32, 64, torch.float32, "cuda:0")
     assert (32, 64, torch.float32, "cuda:0") not in fla_hopper.HOPPER_CHECKS
+
+
+DDLERP_RESULTS = ["r", "w", "k", "v", "g", "grad_x", "grad_delta", "grad_mix_low", "grad_mix_proj", "grad_bias"]
+
+
+def ddlerp_results(device: str, dtype: torch.dtype, op) -> list[torch.Tensor]:
+    """``op`` (a ``ddlerp``) on fixed random inputs: its five outputs and the gradients (``DDLERP_RESULTS``).
+
+    The mix comes from the layer's einsum (mix index outermost in memory, as in ``RWKV6.forward``); 7 tokens
+    x 2 sequences and 40 channels, so neither rows nor channels fill whole blocks.
+    """
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(*shape, generator=g).to(device)
+              for shape in ((2, 7, 40), (2, 7, 40), (2, 7, 5, 3), (40, 5, 3), (5, 40))]
+    weights = [torch.randn(2, 7, 40, generator=g).to(device) for _ in range(5)]
+    x, delta, low, proj, bias = [t.requires_grad_(True) for t in inputs]
+    mix = torch.einsum("btnr,hnr->btnh", low.to(dtype), proj.to(dtype))
+    outs = op(x.to(dtype), delta.to(dtype), mix, bias)
+    sum((out.float() * w).sum() for out, w in zip(outs, weights)).backward()
+    return [out.detach() for out in outs] + [x.grad, delta.grad, low.grad, proj.grad, bias.grad]
+
+
+def ddlerp_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
+    """Relative (norm) difference, Triton ``ddlerp`` vs the PyTorch one, per output and gradient."""
+    from groundthink.ops.ddlerp import ddlerp_torch
+    from groundthink.ops.ddlerp_triton import ddlerp_fused
+
+    return {name: (torch.linalg.vector_norm((a.double() - b.double())) / torch.linalg.vector_norm(b.double())).item()
+            for name, a, b in zip(DDLERP_RESULTS, ddlerp_results(device, dtype, ddlerp_fused),
+                                  ddlerp_results(device, dtype, ddlerp_torch))}
+
+
+def test_ddlerp_triton_kernel_under_the_interpreter():
+    # Triton's interpreter runs the kernels on CPU (float32 only: numpy has no bf16); the GPU test covers bf16.
+    # A fresh process: the interpreter is chosen when a kernel is defined.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, torch, test_fast_path_dispatch as t; "
+            "print(json.dumps(t.ddlerp_errors('cpu', torch.float32)))")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errors) == 10 and max(errors.values()) < 1e-6, errors

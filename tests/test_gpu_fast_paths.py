@@ -1,7 +1,7 @@
 """The CUDA fast paths compute what the CPU path computes (run on the device machine: ``pytest -m gpu``).
 
-Each fused kernel (FLA's norms, short conv, token shift, the RWKV-6 and SSD scans) is compared with the
-PyTorch version of the same op, forward and gradients; whole models on CUDA with the CPU model; the captured
+Each fused kernel (FLA's norms, short conv, token shift, the RWKV-6 and SSD scans; GroundThink's RWKV-6 mixes)
+is compared with the PyTorch version of the same op, forward and gradients; whole models on CUDA with the CPU model; the captured
 (and the compiled) training step with the eager one. Inputs are fresh random draws, never zeros. Float32
 everywhere except where bf16 autocast is the claim. FLA's float32 dots run in TF32 (about 1e-3 relative),
 hence the tolerances. Every measured error is appended to $GROUNDTHINK_PARITY_LOG (JSON lines) when set.
@@ -131,6 +131,21 @@ def test_token_shift_kernel():
     ref, (ref_grad,) = grads_of(token_shift_delta_torch, x)
     check("token_shift.out", out, ref, 1e-6)
     check("token_shift.grad", grad, ref_grad, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ddlerp_kernel(dtype):
+    # RWKV-6's five mixes: the Triton kernels vs the PyTorch op, same device, same input dtype. In bf16 the
+    # kernel rounds each result once from float32, PyTorch also rounds mix + bias first (~2 bf16 ulps).
+    from test_fast_path_dispatch import DDLERP_RESULTS, ddlerp_results
+
+    from groundthink.ops.ddlerp import ddlerp_torch
+    from groundthink.ops.ddlerp_triton import ddlerp_fused
+
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    results = zip(DDLERP_RESULTS, ddlerp_results("cuda", dtype, ddlerp_fused),
+                  ddlerp_results("cuda", dtype, ddlerp_torch))
+    check_all((f"ddlerp_{str(dtype)[6:]}.{name}", fused, ref, tol) for name, fused, ref in results)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from groundthink.ops.ddlerp import ddlerp
 from groundthink.ops.norms import group_norm
 from groundthink.ops.precision import to_matmul_dtype, upcast
 from groundthink.ops.rwkv6 import rwkv6
@@ -124,10 +125,9 @@ class RWKV6(nn.Module):
         mix = self.x_proj[0](x, delta).view(batch, seq_len, 5, self.proj_low_rank_dim)
         mix = torch.einsum("btnr,hnr->btnh", self.x_proj[1](mix),
                            self.x_proj[2].weight.view(hidden, 5, self.proj_low_rank_dim))
-        mix = mix + self.x_bias.to(mix.dtype)                                   # [B, T, 5, D]: mu_t of r, w, k, v, g
-        # The five data-dependent mixes x + delta * mu_t as one kernel (a few in the backward, not ~15);
-        # the projections read their slice in place.
-        x_r, x_w, x_k, x_v, x_g = torch.addcmul(x.unsqueeze(-2), delta.unsqueeze(-2), mix).unbind(-2)
+        # mu_t = mix + x_bias for r, w, k, v, g; the five data-dependent mixes x + delta * mu_t in one op
+        # (one Triton kernel each way on CUDA).
+        x_r, x_w, x_k, x_v, x_g = ddlerp(x, delta, mix, self.x_bias)
         receptance = self.r_proj.linear(x_r)
         log_decay = self.w_proj.linear(x_w)
         key = self.k_proj.linear(x_k)
