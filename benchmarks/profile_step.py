@@ -4,8 +4,8 @@
 
 Prints (and writes) the wall time per step, the number of GPU kernels per step, the GPU-busy time, the time
 per kernel family (FLA scans, matmuls, PyTorch elementwise, Inductor, ...) and the top kernels.
-``--by-site N`` (eager mode: a captured graph replays kernels no op launched) adds the N (model function,
-op) pairs that cost most GPU time, backward ops charged to the function whose forward op they differentiate.
+``--by-site N`` (eager mode: a captured graph replays kernels no op launched) adds the N (module, op) pairs
+that cost most GPU time, backward ops charged to the module whose forward op they differentiate.
 """
 from __future__ import annotations
 
@@ -44,26 +44,44 @@ def family(name: str) -> str:
     return "other"
 
 
-SITE = re.compile(r"groundthink/[\w/]+\.py\(\d+\): \w+")  # "file(first line): function" (with_stack)
+SITE = "module: "  # record_function label that annotate_modules puts around every module's forward
 BACKWARD = "autograd::engine::evaluate_function: "
 
 
+def annotate_modules(model: torch.nn.Module) -> list:
+    """Wrap every submodule's forward in a profiler range ``module: ClassName`` (returns the hook handles).
+
+    Ranges, not ``with_stack``: Python frames did not become the ops' parents in the GPU profiles (torch 2.11).
+    """
+    handles = []
+    for module in model.modules():
+        label = SITE + type(module).__name__
+
+        def enter(mod, args, label=label):
+            mod._profile_ranges = [*getattr(mod, "_profile_ranges", []), torch.profiler.record_function(label)]
+            mod._profile_ranges[-1].__enter__()
+
+        def leave(mod, args, out):
+            mod._profile_ranges.pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    return handles
+
+
 def model_site(event) -> str:
-    """The innermost GroundThink function above a profiled op, ``file(its first line): name``, or "?"
-    (needs ``with_stack=True``)."""
+    """The innermost module whose forward ran a profiled op (``annotate_modules``), or "?"."""
     while event is not None:
-        match = SITE.search(event.name)
-        if match:
-            return match.group(0)
+        if event.name.startswith(SITE):
+            return event.name[len(SITE):]
         event = event.cpu_parent
     return "?"
 
 
 def time_by_site(events, use_device: bool = True) -> dict[tuple[str, str], list]:
-    """Self time (us) and count of every ATen op, keyed by (model function, op).
+    """Self time (us) and count of every ATen op, keyed by (module, op).
 
-    A forward op is charged to the GroundThink function that called it; a backward op to the one whose forward
-    op created its autograd node (the profiler gives both the same sequence number), labelled
+    A forward op is charged to the innermost module that ran it (``annotate_modules``); a backward op to the
+    module whose forward op created its autograd node (the profiler gives both the same sequence number), labelled
     ``NodeBackward0 > aten::op``. Self times, so nested ops are not counted twice.
     """
     forward_site: dict[int, str] = {}
@@ -97,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--by-site", type=int, default=0, metavar="N",
-                        help="also list the N costliest (model function, op) pairs (needs --mode eager)")
+                        help="also list the N costliest (module, op) pairs (needs --mode eager)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.by_site and args.mode != "eager":
@@ -107,6 +125,8 @@ def main(argv=None) -> int:
     batch, seq = shape.pop("batch_size"), shape.pop("seq_len")
     torch.manual_seed(0)
     model = get_model(args.model, max_position_embeddings=seq, **shape).cuda()
+    if args.by_site:
+        annotate_modules(model)
     step = TrainStep(model, make_adamw(model.parameters(), lr=3e-4, device="cuda"), batch, seq, **MODES[args.mode])
     data = torch.randint(0, shape["vocab_size"], (batch, seq + 1), device="cuda")
     inputs, targets = data[:, :-1], data[:, 1:]
@@ -114,7 +134,7 @@ def main(argv=None) -> int:
         step(inputs, targets)
     torch.cuda.synchronize()
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(args.by_site)) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], ) as prof:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(args.steps):
@@ -142,10 +162,10 @@ def main(argv=None) -> int:
         lines.append(f"{name[:90]:90s} {count / args.steps:10.1f} {us / args.steps:10.1f}")
     if args.by_site:
         sites = time_by_site(prof.events())
-        lines += ["", f"top {args.by_site} (model function, op) by GPU time",
-                  f"{'function':50s} {'op':60s} {'calls/step':>10s} {'us/step':>10s}"]
+        lines += ["", f"top {args.by_site} (module, op) by GPU time",
+                  f"{'module':24s} {'op':60s} {'calls/step':>10s} {'us/step':>10s}"]
         for (site, op), (count, us) in sorted(sites.items(), key=lambda kv: -kv[1][1])[:args.by_site]:
-            lines.append(f"{site[:50]:50s} {op[:60]:60s} {count / args.steps:10.1f} {us / args.steps:10.1f}")
+            lines.append(f"{site[:24]:24s} {op[:60]:60s} {count / args.steps:10.1f} {us / args.steps:10.1f}")
     text = "\n".join(lines)
     print(text)
     if args.out:
