@@ -143,7 +143,9 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
     wall_ms = start.elapsed_time(end) / args.steps
 
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # GPU events are kernels and copies, plus one per profiler range (annotate_modules) that spans them.
+    kernels = [e for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith(SITE)]
     busy_us = sum(e.time_range.elapsed_us() for e in kernels) / args.steps
     by_family = collections.defaultdict(lambda: [0, 0.0])
     by_name = collections.defaultdict(lambda: [0, 0.0])
