@@ -110,6 +110,18 @@ def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatc
     assert (32, 64, torch.float32, "cuda:0") not in fla_hopper.HOPPER_CHECKS
 
 
+def test_hopper_self_check_that_faults_means_not_verified(monkeypatch):
+    # The self-check runs in a child process, so a kernel that faults cannot take this process down. Here
+    # the child really fails (this machine has no CUDA); the configuration is then not verified, with a warning.
+    from groundthink.ops import fla_hopper
+
+    monkeypatch.setattr(fla_hopper, "HOPPER_CHECKS", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with pytest.warns(RuntimeWarning, match="failed its self-check .*state size 16, head dim 32.*chunk_gla"):
+        assert not fla_hopper.hopper_chunk_verified(16, 32, torch.bfloat16, "cuda:0")
+    assert fla_hopper.HOPPER_CHECKS[(16, 32, torch.bfloat16, "cuda:0")] == {"fault": float("inf")}
+
+
 DDLERP_RESULTS = ["r", "w", "k", "v", "g", "grad_x", "grad_delta", "grad_mix_low", "grad_mix_proj", "grad_bias"]
 
 

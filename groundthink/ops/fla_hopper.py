@@ -8,7 +8,9 @@ repeated over the state) is much slower, so:
 
 - ``hopper_chunk_verified`` runs the guard-lifted kernel against ``chunk_gla`` once per (state size, head
   dim, precision, device) — outputs and every gradient on random inputs of two chunks — and says whether
-  they agree;
+  they agree. The check runs in a child process: at some sizes the miscompiled kernel does not just
+  compute wrong values but faults (illegal memory access, measured on an H100 at state size 16, head dim
+  32), which would leave this process's CUDA context unusable;
 - ``chunk_simple_gla_hopper`` is FLA's ``chunk_simple_gla`` whose backward runs with the guard lifted. Only
   ``ops/ssd.py`` calls it, and only where the check passed.
 """
@@ -16,6 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
+import subprocess
+import sys
+import warnings
 
 import torch
 
@@ -77,12 +84,35 @@ def hopper_chunk_verified(state_size: int, head_dim: int, dtype: torch.dtype, de
     if key not in HOPPER_CHECKS:
         if torch.cuda.is_current_stream_capturing():
             return False
-        HOPPER_CHECKS[key] = hopper_chunk_errors(state_size, head_dim, dtype, device)
+        HOPPER_CHECKS[key] = hopper_chunk_errors_isolated(state_size, head_dim, dtype, device)
     errors = HOPPER_CHECKS[key]
     return max(errors.values()) <= HOPPER_CHECK_TOLERANCE.get(dtype, 2e-3)
 
 
 HOPPER_CHECKS: dict[tuple, dict[str, float]] = {}
+
+
+def hopper_chunk_errors_isolated(state_size: int, head_dim: int, dtype: torch.dtype, device,
+                                 timeout: float = 600) -> dict[str, float]:
+    """``hopper_chunk_errors`` in a child process on the same GPU; ``{"fault": inf}`` if the child fails.
+
+    A fault means the guard-lifted kernel is unusable here: ``ops/ssd.py`` then takes ``chunk_gla``.
+    """
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    command = [sys.executable, "-m", "groundthink.ops.fla_hopper", str(state_size), str(head_dim),
+               str(dtype).removeprefix("torch."), str(index)]
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if child.returncode == 0:
+            return json.loads(child.stdout.strip().splitlines()[-1])
+        reason = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    warnings.warn(f"FLA's chunk_simple_gla backward without its Hopper guard failed its self-check (state size "
+                  f"{state_size}, head dim {head_dim}, {dtype}): {reason[:300]}; Mamba-2 uses chunk_gla here "
+                  "(correct, slower)", RuntimeWarning, stacklevel=2)
+    return {"fault": math.inf}
 
 
 def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, device,
@@ -115,3 +145,10 @@ def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, devi
     names = ("out", "dq", "dk", "dv", "dg", "dh0")
     return {name: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
             for name, a, b in zip(names, *results)}
+
+
+if __name__ == "__main__":  # the child process of hopper_chunk_errors_isolated: STATE HEAD_DIM DTYPE DEVICE_INDEX
+    state, head, dtype_name, index = sys.argv[1:5]
+    errors = hopper_chunk_errors(int(state), int(head), getattr(torch, dtype_name), torch.device("cuda", int(index)))
+    torch.cuda.synchronize()
+    print(json.dumps(errors))
