@@ -149,6 +149,11 @@ def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, devi
 
 if __name__ == "__main__":  # the child process of hopper_chunk_errors_isolated: STATE HEAD_DIM DTYPE DEVICE_INDEX
     state, head, dtype_name, index = sys.argv[1:5]
+    import fla.layers  # noqa: F401  every FLA kernel loaded, so the parent's GROUNDTHINK_FLA_AUTOTUNE applies to all
+
+    from groundthink.ops.backend import fla_available
+
+    fla_available()
     errors = hopper_chunk_errors(int(state), int(head), getattr(torch, dtype_name), torch.device("cuda", int(index)))
     torch.cuda.synchronize()
     print(json.dumps(errors))
