@@ -158,7 +158,8 @@ def main(argv=None) -> int:
              f"GPU busy {busy_us / 1e3:.3f} ms per step ({100 * busy_us / 1e3 / wall_ms:.0f}% of the step)", "",
              f"{'family':40s} {'kernels/step':>12s} {'GPU ms/step':>12s} {'share':>6s}"]
     for name, (count, us) in sorted(by_family.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"{name:40s} {count / args.steps:12.0f} {us / args.steps / 1e3:12.3f} {100 * us / max(busy_us * args.steps, 1e-9):5.1f}%")
+        share = 100 * us / max(busy_us * args.steps, 1e-9)
+        lines.append(f"{name:40s} {count / args.steps:12.0f} {us / args.steps / 1e3:12.3f} {share:5.1f}%")
     lines += ["", f"top {args.top} kernels by GPU time", f"{'kernel':90s} {'calls/step':>10s} {'us/step':>10s}"]
     for name, (count, us) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:args.top]:
         lines.append(f"{name[:90]:90s} {count / args.steps:10.1f} {us / args.steps:10.1f}")

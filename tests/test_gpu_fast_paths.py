@@ -1,8 +1,8 @@
 """The CUDA fast paths compute what the CPU path computes (run on the device machine: ``pytest -m gpu``).
 
 Each fused kernel (FLA's norms, short conv, token shift, the RWKV-6 and SSD scans; GroundThink's RWKV-6 mixes)
-is compared with the PyTorch version of the same op, forward and gradients; whole models on CUDA with the CPU model; the captured
-(and the compiled) training step with the eager one. Inputs are fresh random draws, never zeros. Float32
+is compared with the PyTorch version of the same op, forward and gradients; whole models on CUDA with the CPU
+model; the captured (and the compiled) training step with the eager one. Inputs are fresh random draws, never zeros. Float32
 everywhere except where bf16 autocast is the claim. FLA's float32 dots run in TF32 (about 1e-3 relative),
 hence the tolerances. Every measured error is appended to $GROUNDTHINK_PARITY_LOG (JSON lines) when set.
 """
