@@ -9,8 +9,8 @@
 # gpu-parity-components (its model checks with one FLA component switched off at a time), bench-char,
 # bench-char-graph (quick autotune, graph mode only),
 # bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
-# bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites. Every stage but bench-char
-# runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
+# bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites. Every stage but bench-char and
+# bench-char-modes runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
 # FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
 set -uo pipefail
 cd "$(dirname "$0")/.."
