@@ -20,9 +20,11 @@ import contextlib
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -102,8 +104,11 @@ def hopper_chunk_errors_isolated(state_size: int, head_dim: int, dtype: torch.dt
     index = torch.cuda.current_device() if index is None else index
     command = [sys.executable, "-m", "groundthink.ops.fla_hopper", str(state_size), str(head_dim),
                str(dtype).removeprefix("torch."), str(index)]
+    # The child imports this package from where the parent did (a checkout on sys.path need not be installed).
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if child.returncode == 0:
             return json.loads(child.stdout.strip().splitlines()[-1])
         reason = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
