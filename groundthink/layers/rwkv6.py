@@ -110,10 +110,9 @@ class RWKV6(nn.Module):
         self.apply(_fla_linear_init)
 
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> RWKV6State:
-        return RWKV6State(
-            torch.zeros(batch_size, self.num_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=torch.float32),
-            torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype),
-        )
+        wkv_shape = (batch_size, self.num_heads, self.head_k_dim, self.head_v_dim)
+        return RWKV6State(torch.zeros(wkv_shape, device=device, dtype=torch.float32),  # the memory stays float32
+                          torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype))
 
     def forward(self, hidden_states: torch.Tensor, state: RWKV6State | None = None):
         """``hidden_states: [B, T, D]`` -> ``(out [B, T, D], RWKV6State)``."""
