@@ -16,6 +16,15 @@ MIXES = 5  # r, w, k, v, g
 
 
 @triton.jit
+def _row_block(n_rows, mix_stride_row, D: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr):
+    """This program's rows x all channels: column indices, mask, offsets into [rows, D] and into the mix."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BD)
+    mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
+    return cols, mask, rows[:, None] * D + cols[None, :], rows[:, None] * mix_stride_row + cols[None, :]
+
+
+@triton.jit
 def _one_mix(x, delta, mix_ptr, bias_ptr, out_ptr, i: tl.constexpr, offs, mix_offs, mix_stride_i, cols, mask,
              D: tl.constexpr):
     mix = tl.load(mix_ptr + mix_offs + i * mix_stride_i, mask=mask, other=0.).to(tl.float32)
@@ -27,11 +36,7 @@ def _one_mix(x, delta, mix_ptr, bias_ptr, out_ptr, i: tl.constexpr, offs, mix_of
 def ddlerp_fwd_kernel(x_ptr, delta_ptr, mix_ptr, bias_ptr, out_r, out_w, out_k, out_v, out_g,
                       n_rows, mix_stride_row, mix_stride_i,
                       D: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BD)
-    mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
-    offs = rows[:, None] * D + cols[None, :]
-    mix_offs = rows[:, None] * mix_stride_row + cols[None, :]
+    cols, mask, offs, mix_offs = _row_block(n_rows, mix_stride_row, D, BLOCK_T, BD)
     x = tl.load(x_ptr + offs, mask=mask, other=0.).to(tl.float32)
     delta = tl.load(delta_ptr + offs, mask=mask, other=0.).to(tl.float32)
     _one_mix(x, delta, mix_ptr, bias_ptr, out_r, 0, offs, mix_offs, mix_stride_i, cols, mask, D)
@@ -55,11 +60,7 @@ def _one_mix_grad(delta, mix_ptr, bias_ptr, grad_ptr, d_mix_ptr, i: tl.constexpr
 def ddlerp_bwd_kernel(delta_ptr, mix_ptr, bias_ptr, grad_r, grad_w, grad_k, grad_v, grad_g,
                       d_x_ptr, d_delta_ptr, d_mix_ptr, n_rows, mix_stride_row, mix_stride_i,
                       D: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BD)
-    mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
-    offs = rows[:, None] * D + cols[None, :]
-    mix_offs = rows[:, None] * mix_stride_row + cols[None, :]
+    cols, mask, offs, mix_offs = _row_block(n_rows, mix_stride_row, D, BLOCK_T, BD)
     delta = tl.load(delta_ptr + offs, mask=mask, other=0.).to(tl.float32)
     d_x, d_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_r, d_mix_ptr, 0, offs, mix_offs, mix_stride_i,
                                  cols, mask, D)
