@@ -25,10 +25,16 @@ def _row_block(n_rows, mix_stride_row, D: tl.constexpr, BLOCK_T: tl.constexpr, B
 
 
 @triton.jit
+def _load_mix(mix_ptr, bias_ptr, i: tl.constexpr, mix_offs, mix_stride_i, cols, mask, D: tl.constexpr):
+    """Mix ``i`` plus its bias, float32."""
+    mix = tl.load(mix_ptr + mix_offs + i * mix_stride_i, mask=mask, other=0.).to(tl.float32)
+    return mix + tl.load(bias_ptr + i * D + cols, mask=cols < D, other=0.).to(tl.float32)[None, :]
+
+
+@triton.jit
 def _one_mix(x, delta, mix_ptr, bias_ptr, out_ptr, i: tl.constexpr, offs, mix_offs, mix_stride_i, cols, mask,
              D: tl.constexpr):
-    mix = tl.load(mix_ptr + mix_offs + i * mix_stride_i, mask=mask, other=0.).to(tl.float32)
-    mix += tl.load(bias_ptr + i * D + cols, mask=cols < D, other=0.).to(tl.float32)[None, :]
+    mix = _load_mix(mix_ptr, bias_ptr, i, mix_offs, mix_stride_i, cols, mask, D)
     tl.store(out_ptr + offs, (x + delta * mix).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -47,13 +53,13 @@ def ddlerp_fwd_kernel(x_ptr, delta_ptr, mix_ptr, bias_ptr, out_r, out_w, out_k, 
 
 
 @triton.jit
-def _one_mix_grad(delta, mix_ptr, bias_ptr, grad_ptr, d_mix_ptr, i: tl.constexpr, offs, mix_offs, mix_stride_i,
-                  cols, mask, D: tl.constexpr):
+def _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_ptr, d_mix_ptr, i: tl.constexpr, offs, mix_offs,
+                  mix_stride_i, cols, mask, D: tl.constexpr):
+    """Store ``d_mix_i = g_i * delta``; return ``d_x + g_i`` and ``d_delta + g_i * (mix_i + bias_i)``."""
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.).to(tl.float32)
-    mix = tl.load(mix_ptr + mix_offs + i * mix_stride_i, mask=mask, other=0.).to(tl.float32)
-    mix += tl.load(bias_ptr + i * D + cols, mask=cols < D, other=0.).to(tl.float32)[None, :]
+    mix = _load_mix(mix_ptr, bias_ptr, i, mix_offs, mix_stride_i, cols, mask, D)
     tl.store(d_mix_ptr + mix_offs + i * mix_stride_i, (grad * delta).to(d_mix_ptr.dtype.element_ty), mask=mask)
-    return grad, grad * mix
+    return d_x + grad, d_delta + grad * mix
 
 
 @triton.jit
@@ -62,20 +68,19 @@ def ddlerp_bwd_kernel(delta_ptr, mix_ptr, bias_ptr, grad_r, grad_w, grad_k, grad
                       D: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr):
     cols, mask, offs, mix_offs = _row_block(n_rows, mix_stride_row, D, BLOCK_T, BD)
     delta = tl.load(delta_ptr + offs, mask=mask, other=0.).to(tl.float32)
-    d_x, d_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_r, d_mix_ptr, 0, offs, mix_offs, mix_stride_i,
-                                 cols, mask, D)
-    part_x, part_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_w, d_mix_ptr, 1, offs, mix_offs,
-                                       mix_stride_i, cols, mask, D)
-    d_x, d_delta = d_x + part_x, d_delta + part_delta
-    part_x, part_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_k, d_mix_ptr, 2, offs, mix_offs,
-                                       mix_stride_i, cols, mask, D)
-    d_x, d_delta = d_x + part_x, d_delta + part_delta
-    part_x, part_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_v, d_mix_ptr, 3, offs, mix_offs,
-                                       mix_stride_i, cols, mask, D)
-    d_x, d_delta = d_x + part_x, d_delta + part_delta
-    part_x, part_delta = _one_mix_grad(delta, mix_ptr, bias_ptr, grad_g, d_mix_ptr, 4, offs, mix_offs,
-                                       mix_stride_i, cols, mask, D)
-    d_x, d_delta = d_x + part_x, d_delta + part_delta
+    d_x = tl.zeros([BLOCK_T, BD], dtype=tl.float32)
+    d_delta = tl.zeros([BLOCK_T, BD], dtype=tl.float32)
+    # One call per mix (r, w, k, v, g), each adding its share to d_x and d_delta.
+    d_x, d_delta = _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_r, d_mix_ptr, 0, offs, mix_offs,
+                                 mix_stride_i, cols, mask, D)
+    d_x, d_delta = _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_w, d_mix_ptr, 1, offs, mix_offs,
+                                 mix_stride_i, cols, mask, D)
+    d_x, d_delta = _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_k, d_mix_ptr, 2, offs, mix_offs,
+                                 mix_stride_i, cols, mask, D)
+    d_x, d_delta = _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_v, d_mix_ptr, 3, offs, mix_offs,
+                                 mix_stride_i, cols, mask, D)
+    d_x, d_delta = _one_mix_grad(d_x, d_delta, delta, mix_ptr, bias_ptr, grad_g, d_mix_ptr, 4, offs, mix_offs,
+                                 mix_stride_i, cols, mask, D)
     tl.store(d_x_ptr + offs, d_x.to(d_x_ptr.dtype.element_ty), mask=mask)
     tl.store(d_delta_ptr + offs, d_delta.to(d_delta_ptr.dtype.element_ty), mask=mask)
 
