@@ -270,13 +270,14 @@ def test_model_cuda_matches_cpu(key, seq):
 # torch.compile takes a minute per model: the compiled step is checked on the hybrid only.
 @pytest.mark.parametrize("key,mode", [(key, "graph") for key in MODELS] + [("GF-MH", "compile")])
 def test_captured_step_matches_eager_step(key, mode):
-    from groundthink.training.cuda_graph import TrainStep, make_adamw
+    from groundthink.training.optim import make_adamw
+    from groundthink.training.step import TrainStep
 
     _, fast = model_pair(key)
     _, slow = model_pair(key)
     steps = {}
     for name, model, graph in (("fast", fast, True), ("eager", slow, False)):
-        optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+        optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=graph)
         steps[name] = TrainStep(model, optimizer, 3, 48, accumulation=2, amp_dtype=None, cuda_graph=graph,
                                 compile=(mode == "compile" and graph), warmup_steps=2)
     losses = {"fast": [], "eager": []}
@@ -293,10 +294,11 @@ def test_captured_step_matches_eager_step(key, mode):
 
 
 def test_learning_rate_change_reaches_the_captured_step():
-    from groundthink.training.cuda_graph import TrainStep, make_adamw, set_lr
+    from groundthink.training.optim import make_adamw, set_lr
+    from groundthink.training.step import TrainStep
 
     _, model = model_pair("GPT2")
-    optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+    optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=True)
     step = TrainStep(model, optimizer, 3, 48, warmup_steps=1)
     inputs, targets = (t.cuda() for t in tokens(3, 48))
     for _ in range(3):
@@ -324,7 +326,7 @@ def test_trainer_cuda_graph_trains_as_the_eager_trainer(tmp_path, monkeypatch):
                       "progress": False, "tensorboard": False, "cuda_graph": mode}}).validate()
         trainer = Trainer(config, tmp_path / mode)
         trainer.fit()
-        assert (trainer.graph_step is not None and trainer.graph_step.graph is not None) == (mode == "on")
+        assert (trainer.step_fn.graph is not None) == (mode == "on")
         losses[mode] = torch.tensor([r["loss"] for r in read_metrics(tmp_path / mode) if r["kind"] == "train"])
     assert len(losses["on"]) == 30 and losses["on"][-1] < losses["on"][0]
     check("trainer_cuda_graph.losses", losses["on"], losses["off"], 1e-2)

@@ -135,3 +135,10 @@ def fused_ops_wanted(x) -> bool:
     import torch
 
     return x.dtype != torch.float64 and not torch.compiler.is_compiling()
+
+
+def switches() -> dict:
+    """The switches that change what a measurement measures (recorded beside benchmark results)."""
+    return {"fla_autotune": os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") or "full",
+            "fused_ops": os.environ.get("GROUNDTHINK_FUSED_OPS") != "0",
+            "fused_recurrent_max_len": fused_recurrent_max_len()}

@@ -8,14 +8,6 @@ import numpy as np
 import torch
 
 
-def autocast_for(device: torch.device, precision: str):
-    """A context factory: bf16 autocast on CUDA (or when asked for), nothing (fp32) otherwise."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 @torch.no_grad()
 def evaluate_loss(model, windows: torch.Tensor, batch_size: int, device, autocast=contextlib.nullcontext) -> float:
     """Mean next-token loss over ``windows`` (``[N, T + 1]`` token ids), one device sync at the end."""
