@@ -22,7 +22,6 @@ manager the user set (``TRITON_CACHE_MANAGER``) is left in place, without these 
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import re
 from numbers import Real
@@ -32,8 +31,6 @@ from triton.runtime.autotuner import Config
 from triton.runtime.cache import FileCacheManager
 
 AUTOTUNE_SUFFIX = ".autotune.json"
-# What Triton passes back to Config(**fields) when it reads an entry.
-CONFIG_FIELDS = frozenset(inspect.signature(Config.__init__).parameters) - {"self"}
 
 
 class AutotuneCacheManager(FileCacheManager):
@@ -85,9 +82,9 @@ def autotune_entry_readable(path) -> bool:
             return False
         kinds = set()
         for fields, timing in pairs:
-            if not isinstance(fields, dict) or not set(fields) <= CONFIG_FIELDS \
-                    or not isinstance(fields.get("kwargs"), dict):
+            if not isinstance(fields, dict) or not isinstance(fields.get("kwargs"), dict):
                 return False
+            Config(**fields)  # what Triton's reader does with them (raises TypeError on unknown fields)
             kinds.add(_timing_kind(timing))
         return len(kinds) == 1 and None not in kinds
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):

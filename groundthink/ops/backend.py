@@ -34,15 +34,15 @@ FLA_AUTOTUNE_MODES = ("quick", "full")
 def fla_autotune_mode() -> str:
     """How widely FLA's kernels are autotuned: ``GROUNDTHINK_FLA_AUTOTUNE``, ``quick`` (default) or ``full``.
 
-    ``quick`` is the default because of start-up time, with the steady-state price unmeasured: FLA's full
-    search compiles and times up to 48 configs per kernel, so a cold ``groundthink train`` did not reach its
-    first step within 200 s on an H200 and one chunked RWKV-6 shape took ~5 minutes on an H100, where
-    ``quick`` (2 configs per kernel) started in 125 s cold. Every chunked-kernel row in
-    benchmarks/results/2026-11-25-h100 ran ``quick``, and the only ``full`` rows (session 2, session 8's
-    ``bench_char_modes.json``) ran the fused recurrent scans, so no same-path comparison of the two exists
-    yet. The results of either mode stay on disk (``ops/autotune_cache.py``; keyed by the candidate
-    configs, so the two never mix): ``full`` costs its minutes once per GPU model, shape and software
-    version, after which it starts as fast as ``quick``.
+    ``quick`` is the default because of start-up time, its steady-state price being unmeasured. FLA's
+    full search compiles and times up to 48 configs per kernel: on an H200 (torch 2.11, Triton 3.6, FLA 0.6)
+    a cold ``groundthink train`` had logged no step after 200 s, where with ``quick`` (2 configs per kernel)
+    the whole run took 125 s; one chunked RWKV-6 shape took ~5 minutes to tune on an H100. The price: every
+    chunked-kernel row in benchmarks/results/2026-11-25-h100 ran ``quick``, and its only ``full`` rows
+    (session 2; session 8's ``bench_char_modes.json``) ran the fused recurrent scans, so no same-path
+    comparison exists yet. Both modes' results stay on disk (``ops/autotune_cache.py``; Triton keys them by
+    the candidate configs too, so the two never mix): ``full`` costs its minutes once per GPU model, shape
+    and software version, and later runs start as fast as with ``quick``.
     """
     mode = os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") or "quick"
     if mode not in FLA_AUTOTUNE_MODES:

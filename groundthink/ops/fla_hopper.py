@@ -97,11 +97,11 @@ def hopper_chunk_verified(state_size: int, head_dim: int, dtype: torch.dtype, de
     """
     key = _check_key(state_size, head_dim, dtype, device)
     if key not in HOPPER_CHECKS:
-        stored = stored_hopper_errors(state_size, head_dim, dtype, device)
-        if stored is not None:
-            HOPPER_CHECKS[key] = stored
-        elif key in PENDING_CHECKS:
+        stored = None if key in PENDING_CHECKS else stored_hopper_errors(state_size, head_dim, dtype, device)
+        if key in PENDING_CHECKS:
             HOPPER_CHECKS[key] = _collect(key, state_size, head_dim, dtype, device)
+        elif stored is not None:
+            HOPPER_CHECKS[key] = stored
         elif torch.cuda.is_current_stream_capturing():
             return False
         else:
@@ -129,7 +129,7 @@ def start_hopper_checks(sizes, device) -> int:
         if stored is not None:
             HOPPER_CHECKS[key] = stored
             continue
-        PENDING_CHECKS[key] = _start_child(state_size, head_dim, dtype, device)
+        PENDING_CHECKS[key] = _start_child(key)
         started += 1
     return started
 
@@ -147,19 +147,21 @@ def hopper_chunk_errors_isolated(state_size: int, head_dim: int, dtype: torch.dt
     A fault means the guard-lifted kernel is unusable here: ``ops/ssd.py`` then takes ``chunk_gla``.
     """
     key = _check_key(state_size, head_dim, dtype, device)
-    PENDING_CHECKS[key] = _start_child(state_size, head_dim, dtype, device, timeout)
+    PENDING_CHECKS[key] = _start_child(key, timeout)
     return _collect(key, state_size, head_dim, dtype, device)
 
 
 def _check_key(state_size, head_dim, dtype, device) -> tuple:
-    return state_size, head_dim, dtype, str(torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one check
+        device = torch.device("cuda", torch.cuda.current_device())
+    return state_size, head_dim, dtype, str(device)
 
 
-def _start_child(state_size, head_dim, dtype, device, timeout: float = HOPPER_CHECK_TIMEOUT) -> ChildCheck:
-    index = torch.device(device).index
-    index = torch.cuda.current_device() if index is None else index
+def _start_child(key: tuple, timeout: float = HOPPER_CHECK_TIMEOUT) -> ChildCheck:
+    state_size, head_dim, dtype, device = key
     return ChildCheck("groundthink.ops.hopper_check_child",
-                      [str(state_size), str(head_dim), _dtype_name(dtype), str(index)], timeout)
+                      [str(state_size), str(head_dim), _dtype_name(dtype), str(torch.device(device).index)], timeout)
 
 
 def _collect(key, state_size, head_dim, dtype, device) -> dict[str, float]:

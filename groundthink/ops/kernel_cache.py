@@ -160,6 +160,12 @@ def cold_start_estimate_s(device) -> int:
 
 
 def _triton_cache_dir() -> str:
-    from triton import knobs  # only reached with FLA (hence Triton) usable
+    try:  # only reached with FLA (hence Triton) usable
+        from triton import knobs
 
-    return str(Path(knobs.cache.dir).expanduser())
+        folder = knobs.cache.dir
+    except ImportError:  # Triton < 3.4
+        from triton.runtime.cache import default_cache_dir
+
+        folder = default_cache_dir()
+    return str(Path(folder).expanduser())
