@@ -204,6 +204,6 @@ def fused_ops_wanted(x) -> bool:
 
 def switches() -> dict:
     """The switches that change what a measurement measures (recorded beside benchmark results)."""
-    return {"fla_autotune": os.environ.get("GROUNDTHINK_FLA_AUTOTUNE") or "full",
+    return {"fla_autotune": fla_autotune_mode(), "kernel_cache": kernel_cache_enabled(),
             "fused_ops": os.environ.get("GROUNDTHINK_FUSED_OPS") != "0",
             "fused_recurrent_max_len": fused_recurrent_max_len()}

@@ -28,6 +28,8 @@ from groundthink.devices import resolve_device
 from groundthink.errors import UserError
 from groundthink.models.metrics import record_balance
 from groundthink.models.model import GroundThinkLM
+from groundthink.ops.fla_hopper import start_hopper_checks
+from groundthink.ops.kernel_cache import cold_start_estimate_s, kernels_warm, record_kernels_warm
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import Config
 from groundthink.training.evaluation import evaluate_loss, perplexity
@@ -59,6 +61,7 @@ class Trainer:
         tc = config.train
         self.device = resolve_device(tc.device, "train.device") if device is None else torch.device(device)
         self.autocast = autocast_for(self.device, tc.precision)
+        self.start_kernel_checks(config)  # in the background, while the data loads
         self.resume_from = self.folder.resume_checkpoint() if resume else None
         resumed_state = ckpt.load_state(self.resume_from) if resume else None  # fails early, in one line
         if not resume and self.is_main:
@@ -116,9 +119,26 @@ class Trainer:
         self.signal_received: int | None = None
         self.logger = self.console = None
         self._capture_counted = False
+        self.kernels_cold = False           # the first steps compile GPU kernels (told on screen, then recorded)
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from, resumed_state)
         self.parallel.drop_full_copy_off_main()
+
+    def start_kernel_checks(self, config: Config) -> None:
+        """The Hopper self-checks of the Mamba-2 scan this model needs (a no-op off Hopper or when cached)."""
+        if self.device.type != "cuda":
+            return
+        model = config.model_config()  # the scan sizes do not depend on the vocabulary
+        if {"P", "M"} & set(model.layer_kinds()):
+            dtype = amp_dtype(self.device, config.train.precision) or torch.float32
+            start_hopper_checks([(model.mamba_state_size, model.mamba_head_dim, dtype)], self.device)
+
+    def kernel_shape(self) -> dict:
+        """What names this run's GPU kernels (the key of the kernel-cache record)."""
+        tc = self.config.train
+        return {"model": self.model_config.to_dict(), "batch": tc.batch_size, "seq_len": tc.seq_len,
+                "grad_accum": tc.grad_accum, "precision": tc.precision, "graph": self.use_graph_step,
+                "compile": tc.compile}
 
     @property
     def stop_requested(self) -> bool:
@@ -181,6 +201,10 @@ class Trainer:
                     self.console.print(f"training {self.config.model.key} ({self.model.num_params:,} params) on "
                                        f"{self.data.name} ({len(self.data.train):,} train tokens) -> {self.run_dir}"
                                        + (f", resumed at step {self.step}" if self.resume_from else ""))
+                    self.kernels_cold = not kernels_warm(self.kernel_shape(), self.device)
+                    if self.kernels_cold:
+                        self.console.print(f"compiling GPU kernels for this shape, first run on this machine: "
+                                           f"~{cold_start_estimate_s(self.device)} s")
                 for hook in self.hooks:
                     hook.on_fit_start(self)
                 self.loop(stop_at)
@@ -261,6 +285,10 @@ class Trainer:
                  self.plateau.state_dict() if self.plateau else None])
             if plateau is not None and not self.is_main:
                 self.plateau.load_state_dict(plateau)
+        if self.kernels_cold:  # training and evaluation kernels are built now: later runs start warm
+            self.kernels_cold = False
+            report = self.clock.report()
+            record_kernels_warm(self.kernel_shape(), self.device, report["compile"] + report["capture"] + report["eval"])
         self._interval_start = time.perf_counter()
         return improved
 
