@@ -34,11 +34,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from groundthink.errors import UserError
 from groundthink.training.optim import graph_ready, set_lr
 
 
@@ -216,3 +218,30 @@ class TrainStep:
             self.static_output = self._work(self.static_inputs, self.static_targets)
         torch.cuda.synchronize(self.device)
         self.capture_s = time.perf_counter() - started
+
+
+def wants_graph_step(train_config, problem: str | None, device: torch.device) -> bool:
+    """Whether a run's steps are captured (``train.cuda_graph``). ``on`` where it cannot work, and
+    ``train.compile`` without a captured step, are one-line errors."""
+    captured = _wants_capture(train_config.cuda_graph, problem, device)
+    if train_config.compile and not captured:
+        why = problem or f"train.cuda_graph={train_config.cuda_graph} on {device}"
+        raise UserError(f"train.compile=true compiles the captured step, which this run does not use ({why}); "
+                        f"use train.cuda_graph=auto on one CUDA device (on: also on CPU), or train.compile=false")
+    return captured
+
+
+def _wants_capture(mode: str, problem: str | None, device: torch.device) -> bool:
+    if mode == "off":
+        return False
+    if problem is not None:
+        if mode == "auto":
+            return False
+        raise UserError(f"train.cuda_graph=on {problem}; use train.cuda_graph=auto (it falls back to the "
+                        f"eager step) or train.cuda_graph=off")
+    if device.type != "cuda":
+        if mode == "auto":
+            return False
+        warnings.warn(f"train.cuda_graph=on on {device}: there is no CUDA graph here, the same step "
+                      f"runs eagerly (for tests; use a CUDA device for the speedup)", stacklevel=6)
+    return True

@@ -18,7 +18,6 @@ import contextlib
 import math
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -26,24 +25,24 @@ import torch
 from groundthink.data import RandomWindowSampler, eval_windows, load_data
 from groundthink.devices import resolve_device
 from groundthink.errors import UserError
-from groundthink.models.metrics import record_balance
 from groundthink.models.model import GroundThinkLM
-from groundthink.ops.fla_hopper import start_hopper_checks
 from groundthink.ops.kernel_cache import cold_start_estimate_s, kernels_warm, record_kernels_warm
 from groundthink.training import checkpoint as ckpt
 from groundthink.training.config import Config
-from groundthink.training.evaluation import evaluate_loss, perplexity
+from groundthink.training import resume
+from groundthink.training.evaluation import evaluate_model, perplexity
 from groundthink.training.hooks import TrainingDiverged
 from groundthink.training.interventions import intervention_hooks
+from groundthink.training.kernel_warmup import kernel_shape, start_kernel_checks
 from groundthink.training.logging import Console, MetricsLogger, format_eval
-from groundthink.training.optim import build_optimizer, load_optimizer_state, optimizer_state
+from groundthink.training.optim import build_optimizer
 from groundthink.training.parallel import Collectives, ParallelModel
 from groundthink.training.phases import PhaseClock
 from groundthink.training.precision import amp_dtype, autocast_for
 from groundthink.training.run_folder import RunFolder, resolved_config
 from groundthink.training.schedule import PlateauProtocol, lr_at
 from groundthink.training.signals import REPEAT_SIGNAL_S, StopRequests
-from groundthink.training.step import TrainStep, capture_problem, hooked_loss
+from groundthink.training.step import TrainStep, capture_problem, hooked_loss, wants_graph_step
 
 
 class Trainer:
@@ -61,7 +60,7 @@ class Trainer:
         tc = config.train
         self.device = resolve_device(tc.device, "train.device") if device is None else torch.device(device)
         self.autocast = autocast_for(self.device, tc.precision)
-        self.start_kernel_checks(config)  # in the background, while the data loads
+        start_kernel_checks(config, self.device)  # in the background, while the data loads
         self.resume_from = self.folder.resume_checkpoint() if resume else None
         resumed_state = ckpt.load_state(self.resume_from) if resume else None  # fails early, in one line
         if not resume and self.is_main:
@@ -72,12 +71,7 @@ class Trainer:
         self.model_config = self.config.model_config(self.tokenizer.vocab_size)
         self.hooks = intervention_hooks(self.config.interventions, self.model_config) + hooks
 
-        problem = capture_problem(self.world_size, self.hooks)
-        self.use_graph_step = wants_graph_step(tc.cuda_graph, problem, self.device)
-        if tc.compile and not self.use_graph_step:
-            why = problem or f"train.cuda_graph={tc.cuda_graph} on {self.device}"
-            raise UserError(f"train.compile=true compiles the captured step, which this run does not use ({why}); "
-                            f"use train.cuda_graph=auto on one CUDA device (on: also on CPU), or train.compile=false")
+        self.use_graph_step = wants_graph_step(tc, capture_problem(self.world_size, self.hooks), self.device)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank and every rerun
         self.model = GroundThinkLM(self.model_config).to(self.device)
         # GateFreeze turns requires_grad off and on again: DDP must then look for parameters without gradients.
@@ -123,22 +117,6 @@ class Trainer:
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from, resumed_state)
         self.parallel.drop_full_copy_off_main()
-
-    def start_kernel_checks(self, config: Config) -> None:
-        """The Hopper self-checks of the Mamba-2 scan this model needs (a no-op off Hopper or when cached)."""
-        if self.device.type != "cuda":
-            return
-        model = config.model_config()  # the scan sizes do not depend on the vocabulary
-        if {"P", "M"} & set(model.layer_kinds()):
-            dtype = amp_dtype(self.device, config.train.precision) or torch.float32
-            start_hopper_checks([(model.mamba_state_size, model.mamba_head_dim, dtype)], self.device)
-
-    def kernel_shape(self) -> dict:
-        """What names this run's GPU kernels (the key of the kernel-cache record)."""
-        tc = self.config.train
-        return {"model": self.model_config.to_dict(), "batch": tc.batch_size, "seq_len": tc.seq_len,
-                "grad_accum": tc.grad_accum, "precision": tc.precision, "graph": self.use_graph_step,
-                "compile": tc.compile}
 
     @property
     def stop_requested(self) -> bool:
@@ -201,7 +179,7 @@ class Trainer:
                     self.console.print(f"training {self.config.model.key} ({self.model.num_params:,} params) on "
                                        f"{self.data.name} ({len(self.data.train):,} train tokens) -> {self.run_dir}"
                                        + (f", resumed at step {self.step}" if self.resume_from else ""))
-                    self.kernels_cold = not kernels_warm(self.kernel_shape(), self.device)
+                    self.kernels_cold = not kernels_warm(kernel_shape(self.config, self.use_graph_step), self.device)
                     if self.kernels_cold:
                         self.console.print(f"compiling GPU kernels for this shape, first run on this machine: "
                                            f"~{cold_start_estimate_s(self.device)} s")
@@ -288,7 +266,7 @@ class Trainer:
         if self.kernels_cold:  # training and evaluation kernels are built now: later runs start warm
             self.kernels_cold = False
             report = self.clock.report()
-            record_kernels_warm(self.kernel_shape(), self.device, report["compile"] + report["capture"] + report["eval"])
+            record_kernels_warm(kernel_shape(self.config, self.use_graph_step), self.device, report["compile"] + report["capture"] + report["eval"])
         self._interval_start = time.perf_counter()
         return improved
 
@@ -309,26 +287,14 @@ class Trainer:
                 self.stop_reason = "plateau"
         return improved
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None, grad_ratio: float | None = None) -> dict:
-        """Val loss and perplexity, the cheap balance metrics, and the data source's own metric.
-        ``grad_ratio``: of the last step's gradients, measured beforehand (``ParallelModel.grad_ratio``)."""
-        model = self.model if model is None else model
-        if model is self.model and grad_ratio is None:
-            grad_ratio = self.parallel.grad_ratio()
+        """The evaluation record's metrics; ``grad_ratio``: of the last step's gradients, measured beforehand
+        on every rank (``ParallelModel.grad_ratio``)."""
+        if model is None:
+            model, grad_ratio = self.model, self.parallel.grad_ratio() if grad_ratio is None else grad_ratio
         tc = self.config.train
-        val_loss = evaluate_loss(model, self.val_windows, tc.batch_size, self.device, self.autocast)
-        metrics = {"val_loss": val_loss, "val_ppl": perplexity(val_loss),
-                   "train_eval_loss": evaluate_loss(model, self.train_eval_windows, tc.batch_size,
-                                                    self.device, self.autocast)}
-        if grad_ratio is not None:
-            metrics["grad_ratio"] = grad_ratio
-        model.eval()
-        metrics.update(record_balance(model, self.val_windows[:tc.batch_size, :-1].to(self.device)))
-        if self.task is not None:
-            metrics.update(self.task.evaluate(model, self.device, tc.batch_size))
-        model.train()
-        return metrics
+        return evaluate_model(model, self.val_windows, self.train_eval_windows, tc.batch_size, self.device,
+                              self.autocast, task=self.task, grad_ratio=grad_ratio)
 
     # ----------------------------------------------------------------------------------------------
     def check_finite(self) -> None:
@@ -345,40 +311,11 @@ class Trainer:
                                f"stopped, {then}")
 
     def state_dict(self) -> dict:
-        """Everything besides the weights that an exact resume needs (plain types and tensors only)."""
-        return {"step": self.step, "model_key": self.config.model.key,
-                "optimizer": self.parallel.full_optimizer_state(self.optimizer) or optimizer_state(self.optimizer),
-                "sampler": self.sampler.state_dict(), "rng": ckpt.rng_state(),
-                "plateau": self.plateau.state_dict() if self.plateau else None,
-                "best_val_loss": self.best_val_loss, "best_step": self.best_step, "tokens_seen": self.tokens_seen,
-                "train_seconds": self.train_seconds, "hooks": [hook.state_dict() for hook in self.hooks],
-                # a run stopped after its last step resumes straight to its summary, which reports this
-                "last_eval": self.last_eval}
+        """Everything besides the weights that an exact resume needs (``resume.py``)."""
+        return resume.training_state(self)
 
     def load_checkpoint(self, checkpoint: Path, state: dict | None = None) -> None:
-        state = ckpt.load_state(checkpoint) if state is None else state
-        if state.get("model_key") != self.config.model.key:
-            raise UserError(f"checkpoint {checkpoint} is of model {state.get('model_key')!r}, not "
-                            f"{self.config.model.key!r}; resume without --model, or start a new run with --out")
-        ckpt.load_weights(self.parallel.load_target, checkpoint)
-        try:
-            load_optimizer_state(self.optimizer, state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise UserError(f"optimizer state in {checkpoint} does not fit this model ({err}); "
-                            f"resume with the run's own config.yaml") from None
-        self.parallel.after_load(self.optimizer)
-        self.sampler.load_state_dict(state["sampler"])
-        ckpt.restore_rng(state["rng"])
-        if self.plateau is not None and state.get("plateau"):
-            self.plateau.load_state_dict(state["plateau"])
-        self.step = int(state["step"])
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best_step = state["best_step"]
-        self.tokens_seen = int(state["tokens_seen"])
-        self.train_seconds = float(state["train_seconds"])
-        self.last_eval = state.get("last_eval")
-        for hook, hook_state in zip(self.hooks, state.get("hooks", [])):
-            hook.load_state_dict(hook_state)
+        resume.restore(self, checkpoint, ckpt.load_state(checkpoint) if state is None else state)
 
     def save(self) -> Path | None:
         """A checkpoint of the current step (written by rank 0; every rank takes part under FSDP)."""
@@ -427,20 +364,3 @@ class Trainer:
         if self.is_main:
             self.folder.unlock()
         return summary
-
-
-def wants_graph_step(mode: str, problem: str | None, device: torch.device) -> bool:
-    """Whether steps are captured (``train.cuda_graph``). ``on`` where it cannot work is a one-line error."""
-    if mode == "off":
-        return False
-    if problem is not None:
-        if mode == "auto":
-            return False
-        raise UserError(f"train.cuda_graph=on {problem}; use train.cuda_graph=auto (it falls back to the "
-                        f"eager step) or train.cuda_graph=off")
-    if device.type != "cuda":
-        if mode == "auto":
-            return False
-        warnings.warn(f"train.cuda_graph=on on {device}: there is no CUDA graph here, the same step "
-                      f"runs eagerly (for tests; use a CUDA device for the speedup)", stacklevel=4)
-    return True
