@@ -35,8 +35,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from groundthink.experiments.speed import (DEFAULT_MODE, DEFAULT_SHAPES, MODES, SHAPES, add_ratios,
-                                               environment, format_table, measure)
+    from groundthink.experiments.speed import (
+        DEFAULT_MODE,
+        DEFAULT_SHAPES,
+        MODES,
+        SHAPES,
+        add_ratios,
+        environment,
+        format_table,
+        measure,
+    )
     from groundthink.models.registry import REGISTRY
     from groundthink.ops.fla_hopper import HOPPER_CHECKS
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from groundthink.data.files import atomic_write_bytes
+from groundthink.data.tokenizers import BPETokenizer
 
 
 def text_hash(text: str) -> str:
@@ -61,8 +62,6 @@ def encode_array(text: str, tokenizer) -> np.ndarray:
 
 def cached_bpe(texts: list[str], vocab_size: int, cache: Path | None):
     """A byte-level BPE trained on ``texts`` — loaded from the cache when trained before on the same text."""
-    from groundthink.data.tokenizers import BPETokenizer
-
     key = hashlib.sha256("".join(text_hash(t) for t in texts).encode()).hexdigest()[:20]
     path = None if cache is None else Path(cache) / "tokenizers" / f"bpe-{vocab_size}-{key}.json"
     if path is not None and path.is_file():

@@ -16,7 +16,6 @@ from groundthink.layers.rwkv6 import RWKV6
 from groundthink.models.config import ModelConfig
 from groundthink.ops.norms import RMSNorm
 
-
 # Metric suffixes of SPEC §4: act_var_rwkv, act_var_mamba, ...
 SHORT_NAME = {"rwkv6": "rwkv", "mamba2": "mamba", "attention": "attention"}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from groundthink.models.config import ModelConfig
 from groundthink.models.model import GroundThinkLM
+from groundthink.models.params import count_parameters
 
 # key: (description, overrides of ModelConfig). Fusion variants are SPEC §2; baselines follow.
 REGISTRY: dict[str, tuple[str, dict]] = {
@@ -50,8 +51,6 @@ def list_models(show: bool = False, **overrides) -> list[str]:
 
 
 def models_table(**overrides) -> str:
-    from groundthink.models.params import count_parameters
-
     rows = [("key", "description", "fusion/block", "total params")]
     for key, (description, _) in REGISTRY.items():
         model = get_model(key, **overrides)

@@ -19,6 +19,7 @@ import yaml
 from groundthink.data.config import DataConfig
 from groundthink.errors import UserError
 from groundthink.models.config import ModelConfig
+from groundthink.models.registry import REGISTRY, get_config
 from groundthink.training.interventions_config import InterventionsConfig
 
 # The size of the default model: small enough that `groundthink train` learns visibly on a 2-core CPU in
@@ -144,8 +145,6 @@ class Config:
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The registry's config for ``model.key`` with the settings applied (and the tokenizer's vocabulary)."""
-        from groundthink.models.registry import get_config
-
         settings = dict(self.model.settings)
         if vocab_size is not None:
             if settings.get("vocab_size") not in (None, vocab_size):
@@ -158,8 +157,6 @@ class Config:
             raise UserError(one_line(err)) from None
 
     def validate(self) -> Config:
-        from groundthink.models.registry import REGISTRY
-
         if self.model.key not in REGISTRY:
             raise UserError(f"unknown model {self.model.key!r}; valid keys: {', '.join(REGISTRY)}")
         try:

@@ -24,12 +24,11 @@ import torch
 
 from groundthink.data import RandomWindowSampler, eval_windows, load_data
 from groundthink.devices import resolve_device
-from groundthink.errors import UserError
 from groundthink.models.model import GroundThinkLM
 from groundthink.ops.kernel_cache import cold_start_estimate_s, kernels_warm, record_kernels_warm
 from groundthink.training import checkpoint as ckpt
-from groundthink.training.config import Config
 from groundthink.training import resume
+from groundthink.training.config import Config
 from groundthink.training.evaluation import evaluate_model, perplexity
 from groundthink.training.hooks import TrainingDiverged
 from groundthink.training.interventions import intervention_hooks
@@ -245,6 +244,7 @@ class Trainer:
 
     def run_eval(self) -> bool:
         """Evaluate on rank 0, log, update best and the plateau protocol. True when the val loss improved."""
+        started = time.perf_counter()
         with self.clock.phase("eval"):
             ratio = self.parallel.grad_ratio()  # every rank: from FSDP's shards it is a collective
             improved = False
@@ -255,6 +255,7 @@ class Trainer:
                     for hook in self.hooks:
                         hook.on_eval(self, record)
                     improved = self.decide(record)
+                    record["eval_s"] = time.perf_counter() - started  # the first one includes its kernels' compilation
                     self.logger.log(record)
                     self.console.print(format_eval(record))
             # Rank 0's decisions: save a best checkpoint, the plateau protocol's LR factor, stopping.
