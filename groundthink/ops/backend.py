@@ -135,3 +135,9 @@ def fused_ops_wanted(x) -> bool:
     import torch
 
     return x.dtype != torch.float64 and not torch.compiler.is_compiling()
+
+
+def fused_layer_kernels_wanted(x) -> bool:
+    """GroundThink's own fused layer kernels (Mamba-2's input and output sides): where ``fused_ops_wanted``,
+    unless ``GROUNDTHINK_FUSED_LAYERS=0`` (FLA's kernels and the PyTorch ops instead, to measure the gain)."""
+    return os.environ.get("GROUNDTHINK_FUSED_LAYERS") != "0" and fused_ops_wanted(x)
