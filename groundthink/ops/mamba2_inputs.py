@@ -20,9 +20,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from groundthink.ops.backend import fused_layer_kernels_wanted
+from groundthink.ops.backend import fused_layer_kernels_wanted, mamba_ssm_chunk_scan
 from groundthink.ops.precision import upcast
 from groundthink.ops.shortconv import causal_conv1d_silu_torch
+from groundthink.ops.ssd import _ssd_fla
+
+
+def fused_mamba2_wanted(xBC) -> bool:
+    """Whether the layer takes these kernels around FLA's scan: where ``fused_layer_kernels_wanted``, and FLA's
+    scan is the one in use (``mamba_ssm``'s, when installed, takes ``x, dt, B, C`` itself)."""
+    return fused_layer_kernels_wanted(xBC) and mamba_ssm_chunk_scan() is None
+
+
+def ssd_from_scan_inputs(x, k, q, g):
+    """The SSD scan on ``mamba2_scan_inputs``'s outputs, from a zero state, with FLA's kernels (CUDA).
+    Returns ``(y [B, T, H, P], final state [B, H, P, N])``."""
+    return _ssd_fla(x, g, k, q, None)
 
 
 def mamba2_scan_inputs(xBC, dt, conv_weight, conv_bias, dt_bias, A_log, dt_limit: tuple[float, float],
@@ -39,14 +52,15 @@ def mamba2_scan_inputs(xBC, dt, conv_weight, conv_bias, dt_bias, A_log, dt_limit
 
 def mamba2_scan_inputs_torch(xBC, dt, conv_weight, conv_bias, dt_bias, A_log, dt_limit: tuple[float, float],
                              num_heads: int, n_groups: int, state_size: int):
-    """``mamba2_scan_inputs`` in PyTorch: float32 (float64 stays float64), ``x``, ``k``, ``q`` rounded once."""
+    """``mamba2_scan_inputs`` in PyTorch: in float32 (float64 when ``xBC`` is), ``x``, ``k``, ``q`` rounded once."""
     batch, seq_len, _ = xBC.shape
-    act, _ = causal_conv1d_silu_torch(upcast(xBC), upcast(conv_weight),
-                                      None if conv_bias is None else upcast(conv_bias))
+    compute = upcast(xBC).dtype
+    act, _ = causal_conv1d_silu_torch(xBC.to(compute), conv_weight.to(compute),
+                                      None if conv_bias is None else conv_bias.to(compute))
     group_width = n_groups * state_size
     x, B, C = act.split([act.shape[-1] - 2 * group_width, group_width, group_width], dim=-1)
-    dt = F.softplus(upcast(dt) + upcast(dt_bias)).clamp(*dt_limit)                  # [B, T, H]
-    A = -torch.exp(upcast(A_log))
+    dt = F.softplus(dt.to(compute) + dt_bias.to(compute)).clamp(*dt_limit)             # [B, T, H]
+    A = -torch.exp(A_log.to(compute))
 
     def per_head(t):
         return t.reshape(batch, seq_len, n_groups, state_size).repeat_interleave(num_heads // n_groups, dim=2)

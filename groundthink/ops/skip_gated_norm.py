@@ -28,9 +28,10 @@ def skip_gated_rms_norm(y, x, D, gate, weight, eps: float, group_size: int) -> t
 
 
 def skip_gated_rms_norm_torch(y, x, D, gate, weight, eps: float, group_size: int) -> torch.Tensor:
-    """``skip_gated_rms_norm`` in PyTorch: float32 (float64 stays float64), rounded once to ``y.dtype``."""
+    """``skip_gated_rms_norm`` in PyTorch: in float32 (float64 when ``y`` is), rounded once to ``y.dtype``."""
     batch, seq_len, heads, head_dim = y.shape
-    skipped = upcast(y) + upcast(x) * upcast(D)[:, None]
-    h = (skipped * F.silu(upcast(gate)).view_as(skipped)).view(batch, seq_len, -1, group_size)
+    compute = upcast(y).dtype
+    skipped = y.to(compute) + x.to(compute) * D.to(compute)[:, None]
+    h = (skipped * F.silu(gate.to(compute)).view_as(skipped)).view(batch, seq_len, -1, group_size)
     normed = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + eps)
-    return (normed.view(batch, seq_len, heads * head_dim) * upcast(weight)).to(y.dtype)
+    return (normed.view(batch, seq_len, heads * head_dim) * weight.to(compute)).to(y.dtype)
