@@ -19,6 +19,26 @@ SMALL = dict(vocab_size=65, hidden_size=64, n_layers=2, rwkv_heads=4, mamba_head
              max_position_embeddings=256)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_fla_autotuning():
+    """Every FLA autotuner tries at most 2 configs (``backend.limit_fla_autotuning``), in this process and in its
+    children (the Hopper self-check): full tuning compiles up to 48 candidates per kernel and shape (minutes per
+    shape), and whichever config runs computes the same result, which is all these tests check. FLA's layers
+    are imported first so the cut reaches every kernel module."""
+    previous = os.environ.get("GROUNDTHINK_FLA_AUTOTUNE")
+    os.environ["GROUNDTHINK_FLA_AUTOTUNE"] = "quick"
+    if torch.cuda.is_available():
+        import fla.layers  # noqa: F401
+        from groundthink.ops.backend import limit_fla_autotuning
+
+        limit_fla_autotuning()
+    yield
+    if previous is None:
+        os.environ.pop("GROUNDTHINK_FLA_AUTOTUNE")
+    else:
+        os.environ["GROUNDTHINK_FLA_AUTOTUNE"] = previous
+
+
 def rel_err(actual, expected) -> float:
     actual, expected = actual.double().cpu(), expected.double().cpu()
     assert torch.isfinite(actual).all()
@@ -148,6 +168,85 @@ def test_ddlerp_kernel(dtype):
     check_all((f"ddlerp_{str(dtype)[6:]}.{name}", fused, ref, tol) for name, fused, ref in results)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba2_kernels(dtype, monkeypatch):
+    # Mamba-2's input side (conv + SiLU + dt softplus + per-head B/C) and output side (D skip + gated RMSNorm):
+    # the Triton kernels vs the PyTorch references, same device and input dtype, every case of the interpreter
+    # test (tests/test_mamba2_kernels.py). Both round each result once from float32 (bf16: within ~2 ulps).
+    from test_mamba2_kernels import (NORM_CASES, NORM_RESULTS, SCAN_INPUT_CASES, SCAN_INPUT_RESULTS, norm_results,
+                                     scan_input_results)
+
+    from groundthink.ops.mamba2_inputs import mamba2_scan_inputs_torch
+    from groundthink.ops.mamba2_inputs_triton import mamba2_scan_inputs_fused
+    from groundthink.ops.skip_gated_norm import skip_gated_rms_norm_torch
+    from groundthink.ops.skip_gated_norm_triton import skip_gated_rms_norm_fused
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's depthwise conv in float32
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    label = f"mamba2_kernels_{str(dtype)[6:]}"
+    items = []
+    for case in SCAN_INPUT_CASES:
+        for name, fused, ref in zip(SCAN_INPUT_RESULTS, scan_input_results(case, "cuda", dtype, mamba2_scan_inputs_fused),
+                                    scan_input_results(case, "cuda", dtype, mamba2_scan_inputs_torch)):
+            if ref is not None:
+                items.append((f"{label}.inputs.{case}.{name}", fused, ref, tol))
+    for case in NORM_CASES:
+        for name, fused, ref in zip(NORM_RESULTS, norm_results(case, "cuda", dtype, skip_gated_rms_norm_fused),
+                                    norm_results(case, "cuda", dtype, skip_gated_rms_norm_torch)):
+            items.append((f"{label}.norm.{case}.{name}", fused, ref, tol))
+    check_all(items)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mamba2_layer_fused_path(precision, monkeypatch):
+    # The layer on CUDA with its fused kernels (the default) and without them (GROUNDTHINK_FUSED_LAYERS=0: FLA's
+    # convolution and gated norm, PyTorch's small ops), against the same layer in float64 on CPU: output, input
+    # gradient, every parameter's gradient, the carried states. Each must be within tolerance (a gradient's
+    # scaled by its sum's cancellation on the reference, benchmarks/grad_sums.py) or no worse than twice the
+    # path the kernels replace.
+    import copy
+
+    from training_utils import load_benchmark
+
+    from groundthink.layers import Mamba2
+
+    torch.manual_seed(0)
+    layer = Mamba2(hidden_size=64, head_dim=32, expand=2, state_size=32)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    x = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(2))
+
+    def run(module, inputs, loss_weight):
+        inputs = inputs.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16" and inputs.is_cuda):
+            out, state = module(inputs)
+        return (out, state, inputs), (out.double() * loss_weight.double()).sum()
+
+    reference = copy.deepcopy(layer).double()
+    (out, state, inputs), cancellations, _ = load_benchmark("grad_sums").gradient_cancellations(
+        reference, lambda: run(reference, x.double(), weight))
+    results = {"reference": {"out": out.detach(), "grad_input": inputs.grad, "state_ssm": state.ssm.detach(),
+                             "state_conv": state.conv.detach(),
+                             **{f"grad_{n}": p.grad for n, p in reference.named_parameters()}}}
+    layer = layer.cuda()
+    for path, switch in (("fused", "1"), ("unfused", "0")):
+        monkeypatch.setenv("GROUNDTHINK_FUSED_LAYERS", switch)
+        layer.zero_grad(set_to_none=True)
+        (out, state, inputs), loss = run(layer, x.cuda(), weight.cuda())
+        loss.backward()
+        results[path] = {"out": out.detach(), "grad_input": inputs.grad, "state_ssm": state.ssm.detach(),
+                         "state_conv": state.conv.detach(), **{f"grad_{n}": p.grad for n, p in layer.named_parameters()}}
+    out_tol, grad_tol = (2e-3, 1e-2) if precision == "fp32" else (3e-2, 5e-2)
+    items = []
+    for name, ref in results["reference"].items():
+        tol = grad_tol * cancellations.get(name[len("grad_"):], 1.0) if name.startswith("grad") else out_tol
+        items.append((f"mamba2_layer_fused_{precision}.{name}", results["fused"][name], ref,
+                      max(tol, 2 * rel_err(results["unfused"][name], ref))))
+    check_all(items)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The scans: FLA on CUDA == the chunked PyTorch scan on CPU (float64 reference)
 
@@ -186,14 +285,16 @@ def test_rwkv6_scan(T, switch, scan_switch):
 # switch 64: FLA's fused recurrent kernel; 0: chunked (the default), at state sizes 16, 64 and 128 (on Hopper
 # + Triton < 3.7.1 each size takes chunk_simple_gla only if its self-check passes, else chunk_gla: both must
 # match the scan). State 16 with head dim 32 is `groundthink train`'s default model, where the self-check's
-# kernel faulted on an H100 (it now runs in a child process).
+# kernel faulted on an H100 (it now runs in a child process); the larger states take head dim 64, the seeds'
+# (benchmarks/gpu_parity.py's), so the suite runs one self-check (a child process compiling FLA's kernels) per
+# state size, not two.
 @pytest.mark.parametrize("T,N,switch", [(64, 64, 64), (64, 64, 0), (200, 16, 0), (200, 64, 0), (200, 128, 0)])
 def test_ssd_scan(T, N, switch, scan_switch):
     scan_switch(switch)
     from groundthink.ops.ssd import ssd, ssd_chunk_torch
 
     g = torch.Generator().manual_seed(T)
-    B, H, P = 2, 4, 32
+    B, H, P = 2, 4, 32 if N == 16 else 64
     x = torch.randn(B, T, H, P, generator=g)
     dt = torch.nn.functional.softplus(torch.randn(B, T, H, generator=g) - 1)
     A = -torch.exp(torch.randn(H, generator=g))
