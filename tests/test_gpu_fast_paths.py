@@ -169,13 +169,14 @@ def test_ddlerp_kernel(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mamba2_kernels(dtype, monkeypatch):
-    # Mamba-2's input side (conv + SiLU + dt softplus + per-head B/C) and output side (D skip + gated RMSNorm):
-    # the Triton kernels vs the PyTorch references, same device and input dtype, every case of the interpreter
-    # test (tests/test_mamba2_kernels.py). Both round each result once from float32 (bf16: within ~2 ulps).
-    from test_mamba2_kernels import (NORM_CASES, NORM_RESULTS, SCAN_INPUT_CASES, SCAN_INPUT_RESULTS, norm_results,
-                                     scan_input_results)
+def test_layer_kernels(dtype, monkeypatch):
+    # The layers' fused kernels (Mamba-2's input and output sides, RWKV-6's group norm + gate) vs their PyTorch
+    # references, same device and input dtype, every case of the interpreter test (tests/test_layer_kernels.py).
+    # Both round each result once from float32 (bf16: within ~2 ulps).
+    import test_layer_kernels as cases
 
+    from groundthink.ops.gated_group_norm import gated_group_norm_torch
+    from groundthink.ops.gated_group_norm_triton import gated_group_norm_fused
     from groundthink.ops.mamba2_inputs import mamba2_scan_inputs_torch
     from groundthink.ops.mamba2_inputs_triton import mamba2_scan_inputs_fused
     from groundthink.ops.skip_gated_norm import skip_gated_rms_norm_torch
@@ -183,66 +184,70 @@ def test_mamba2_kernels(dtype, monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's depthwise conv in float32
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    label = f"mamba2_kernels_{str(dtype)[6:]}"
+    groups = (("inputs", cases.SCAN_INPUT_CASES, cases.SCAN_INPUT_RESULTS, cases.scan_input_results,
+               mamba2_scan_inputs_fused, mamba2_scan_inputs_torch),
+              ("norm", cases.NORM_CASES, cases.NORM_RESULTS, cases.norm_results, skip_gated_rms_norm_fused,
+               skip_gated_rms_norm_torch),
+              ("group_norm", cases.GROUP_NORM_CASES, cases.GROUP_NORM_RESULTS, cases.group_norm_results,
+               gated_group_norm_fused, gated_group_norm_torch))
     items = []
-    for case in SCAN_INPUT_CASES:
-        for name, fused, ref in zip(SCAN_INPUT_RESULTS, scan_input_results(case, "cuda", dtype, mamba2_scan_inputs_fused),
-                                    scan_input_results(case, "cuda", dtype, mamba2_scan_inputs_torch)):
-            if ref is not None:
-                items.append((f"{label}.inputs.{case}.{name}", fused, ref, tol))
-    for case in NORM_CASES:
-        for name, fused, ref in zip(NORM_RESULTS, norm_results(case, "cuda", dtype, skip_gated_rms_norm_fused),
-                                    norm_results(case, "cuda", dtype, skip_gated_rms_norm_torch)):
-            items.append((f"{label}.norm.{case}.{name}", fused, ref, tol))
+    for group, case_list, names, results, fused_op, torch_op in groups:
+        for case in case_list:
+            for name, fused, ref in zip(names, results(case, "cuda", dtype, fused_op),
+                                        results(case, "cuda", dtype, torch_op)):
+                if ref is not None:  # the conv bias's gradient, in the case without one
+                    items.append((f"layer_kernels_{str(dtype)[6:]}.{group}.{case}.{name}", fused, ref, tol))
     check_all(items)
 
 
+@pytest.mark.parametrize("kind", ["mamba2", "rwkv6"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_mamba2_layer_fused_path(precision, monkeypatch):
-    # The layer on CUDA with its fused kernels (the default) and without them (GROUNDTHINK_FUSED_LAYERS=0: FLA's
-    # convolution and gated norm, PyTorch's small ops), against the same layer in float64 on CPU: output, input
-    # gradient, every parameter's gradient, the carried states. Each must be within tolerance (a gradient's
-    # scaled by its sum's cancellation on the reference, benchmarks/grad_sums.py) or no worse than twice the
-    # path the kernels replace.
+def test_layer_fused_path(kind, precision, monkeypatch):
+    # A layer on CUDA with its fused kernels (the default) and without them (GROUNDTHINK_FUSED_LAYERS=0: FLA's
+    # kernels and PyTorch's small ops), against the same layer in float64 on CPU: output, input gradient, every
+    # parameter's gradient, the carried states. Each must be within tolerance (a gradient's scaled by its sum's
+    # cancellation on the reference, benchmarks/grad_sums.py) or no worse than twice the path the kernels replace.
     import copy
 
     from training_utils import load_benchmark
 
-    from groundthink.layers import Mamba2
+    from groundthink.layers import RWKV6, Mamba2
 
     torch.manual_seed(0)
-    layer = Mamba2(hidden_size=64, head_dim=32, expand=2, state_size=32)
+    layer = (Mamba2(hidden_size=64, head_dim=32, expand=2, state_size=32) if kind == "mamba2"
+             else RWKV6(hidden_size=64, num_heads=4))
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.05 * torch.randn(p.shape))
     x = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(1))
     weight = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(2))
 
-    def run(module, inputs, loss_weight):
+    def run(module, inputs):
         inputs = inputs.clone().requires_grad_(True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16" and inputs.is_cuda):
             out, state = module(inputs)
-        return (out, state, inputs), (out.double() * loss_weight.double()).sum()
+        return (out, state, inputs), (out.double() * weight.to(out.device, torch.float64)).sum()
+
+    def collect(module, out, state, inputs):
+        return {"out": out.detach(), "grad_input": inputs.grad, **{f"state_{i}": s.detach() for i, s in enumerate(state)},
+                **{f"grad_{n}": p.grad for n, p in module.named_parameters()}}
 
     reference = copy.deepcopy(layer).double()
-    (out, state, inputs), cancellations, _ = load_benchmark("grad_sums").gradient_cancellations(
-        reference, lambda: run(reference, x.double(), weight))
-    results = {"reference": {"out": out.detach(), "grad_input": inputs.grad, "state_ssm": state.ssm.detach(),
-                             "state_conv": state.conv.detach(),
-                             **{f"grad_{n}": p.grad for n, p in reference.named_parameters()}}}
+    outputs, cancellations, _ = load_benchmark("grad_sums").gradient_cancellations(
+        reference, lambda: run(reference, x.double()))
+    results = {"reference": collect(reference, *outputs)}
     layer = layer.cuda()
     for path, switch in (("fused", "1"), ("unfused", "0")):
         monkeypatch.setenv("GROUNDTHINK_FUSED_LAYERS", switch)
         layer.zero_grad(set_to_none=True)
-        (out, state, inputs), loss = run(layer, x.cuda(), weight.cuda())
+        outputs, loss = run(layer, x.cuda())
         loss.backward()
-        results[path] = {"out": out.detach(), "grad_input": inputs.grad, "state_ssm": state.ssm.detach(),
-                         "state_conv": state.conv.detach(), **{f"grad_{n}": p.grad for n, p in layer.named_parameters()}}
+        results[path] = collect(layer, *outputs)
     out_tol, grad_tol = (2e-3, 1e-2) if precision == "fp32" else (3e-2, 5e-2)
     items = []
     for name, ref in results["reference"].items():
         tol = grad_tol * cancellations.get(name[len("grad_"):], 1.0) if name.startswith("grad") else out_tol
-        items.append((f"mamba2_layer_fused_{precision}.{name}", results["fused"][name], ref,
+        items.append((f"{kind}_layer_fused_{precision}.{name}", results["fused"][name], ref,
                       max(tol, 2 * rel_err(results["unfused"][name], ref))))
     check_all(items)
 

@@ -17,7 +17,8 @@ from groundthink.ops.triton_grid import reduction_programs
 
 
 @triton.jit
-def _tile(row0, n_rows, group, HP: tl.constexpr, GROUP: tl.constexpr, BLOCK_T: tl.constexpr, BG: tl.constexpr):
+def row_group_tile(row0, n_rows, group, HP: tl.constexpr, GROUP: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BG: tl.constexpr):
     """Rows ``row0 ...`` x the channels of ``group``: row indices, column indices and masks, offsets into [rows, HP]."""
     rows = row0 + tl.arange(0, BLOCK_T)
     lanes = tl.arange(0, BG)
@@ -49,8 +50,8 @@ def _inverse_rms(h, eps, GROUP: tl.constexpr):
 def skip_gated_norm_fwd_kernel(y_ptr, x_ptr, z_ptr, d_ptr, w_ptr, out_ptr, n_rows, z_stride, eps,
                                HP: tl.constexpr, GROUP: tl.constexpr, P: tl.constexpr,
                                BLOCK_T: tl.constexpr, BG: tl.constexpr):
-    rows, cols, col_mask, mask, offs = _tile(tl.program_id(0).to(tl.int64) * BLOCK_T, n_rows, tl.program_id(1),
-                                             HP, GROUP, BLOCK_T, BG)
+    rows, cols, col_mask, mask, offs = row_group_tile(tl.program_id(0).to(tl.int64) * BLOCK_T, n_rows,
+                                                      tl.program_id(1), HP, GROUP, BLOCK_T, BG)
     _, _, _, _, _, h = _skip_gate(y_ptr, x_ptr, z_ptr, d_ptr, rows, cols, col_mask, mask, offs, z_stride, P)
     w = tl.load(w_ptr + cols, mask=col_mask, other=0.).to(tl.float32)[None, :]
     tl.store(out_ptr + offs, (h * _inverse_rms(h, eps, GROUP) * w).to(out_ptr.dtype.element_ty), mask=mask)
@@ -68,7 +69,8 @@ def skip_gated_norm_bwd_kernel(grad_ptr, y_ptr, x_ptr, z_ptr, d_ptr, w_ptr, dy_p
     d_w = tl.zeros([BG], dtype=tl.float32)
     d_d = tl.zeros([BG], dtype=tl.float32)
     for block in range(0, blocks_per_program):
-        rows, cols, col_mask, mask, offs = _tile(start + block * BLOCK_T, n_rows, group, HP, GROUP, BLOCK_T, BG)
+        rows, cols, col_mask, mask, offs = row_group_tile(start + block * BLOCK_T, n_rows, group, HP, GROUP,
+                                                          BLOCK_T, BG)
         x, z, d, sig, s, h = _skip_gate(y_ptr, x_ptr, z_ptr, d_ptr, rows, cols, col_mask, mask, offs, z_stride, P)
         inv_rms = _inverse_rms(h, eps, GROUP)
         normed = h * inv_rms
@@ -87,10 +89,18 @@ def skip_gated_norm_bwd_kernel(grad_ptr, y_ptr, x_ptr, z_ptr, d_ptr, w_ptr, dy_p
     tl.store(dd_part_ptr + part, d_d, mask=lanes < GROUP)
 
 
-def _block_sizes(group_size: int, elements: int) -> dict:
+def group_block_sizes(group_size: int, elements: int) -> dict:
     """All channels of one group per program, ~``elements`` of them per tile."""
     block_g = triton.next_power_of_2(group_size)
     return dict(BLOCK_T=max(1, min(16, elements // block_g)), BG=block_g, num_warps=4 if block_g <= 512 else 8)
+
+
+def partial_sum_programs(device: torch.device, rows: int, block_t: int) -> tuple[int, int]:
+    """``(programs, row blocks per program)`` for a backward that walks contiguous row ranges and writes one
+    partial sum per program."""
+    row_blocks = triton.cdiv(rows, block_t)
+    per_program = triton.cdiv(row_blocks, reduction_programs(device, row_blocks))
+    return triton.cdiv(row_blocks, per_program), per_program
 
 
 def _row_strided(gate: torch.Tensor) -> torch.Tensor:
@@ -110,7 +120,7 @@ class SkipGatedRMSNormFused(torch.autograd.Function):
         y, x, D, weight = y.contiguous(), x.contiguous(), D.contiguous(), weight.contiguous()
         gate = _row_strided(gate)
         out = torch.empty(batch, seq_len, channels, dtype=y.dtype, device=y.device)
-        meta = _block_sizes(group_size, 4096)
+        meta = group_block_sizes(group_size, 4096)
         grid = (triton.cdiv(rows, meta["BLOCK_T"]), channels // group_size)
         skip_gated_norm_fwd_kernel[grid](y, x, gate, D, weight, out, rows, gate.stride(1), eps,
                                          HP=channels, GROUP=group_size, P=head_dim, **meta)
@@ -126,11 +136,8 @@ class SkipGatedRMSNormFused(torch.autograd.Function):
         grad = grad.contiguous()
         d_y, d_x = torch.empty_like(y), torch.empty_like(x)
         d_gate = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
-        meta = _block_sizes(ctx.group_size, 2048)
-        row_blocks = triton.cdiv(rows, meta["BLOCK_T"])
-        programs = reduction_programs(y.device, row_blocks)
-        blocks_per_program = triton.cdiv(row_blocks, programs)
-        programs = triton.cdiv(row_blocks, blocks_per_program)
+        meta = group_block_sizes(ctx.group_size, 2048)
+        programs, blocks_per_program = partial_sum_programs(y.device, rows, meta["BLOCK_T"])
         d_w_part = torch.empty(programs, channels, dtype=torch.float32, device=y.device)
         d_d_part = torch.empty(programs, channels, dtype=torch.float32, device=y.device)
         skip_gated_norm_bwd_kernel[(programs, channels // ctx.group_size)](

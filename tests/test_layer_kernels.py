@@ -1,6 +1,7 @@
-"""Mamba-2's fused kernels (``ops/mamba2_inputs*.py``, ``ops/skip_gated_norm*.py``) on CPU, under Triton's
-interpreter: outputs and every gradient against the PyTorch references, and the layer's fused path against its
-CPU path. The same helpers run on the GPU in tests/test_gpu_fast_paths.py (float32 and bf16).
+"""The layers' fused kernels on CPU, under Triton's interpreter: Mamba-2's input side (``ops/mamba2_inputs*.py``)
+and output side (``ops/skip_gated_norm*.py``), RWKV-6's output side (``ops/gated_group_norm*.py``). Outputs and
+every gradient against the PyTorch references, and each layer's fused path against its CPU path. The same
+helpers run on the GPU in tests/test_gpu_fast_paths.py (float32 and bf16).
 """
 import contextlib
 import json
@@ -25,9 +26,14 @@ NORM_CASES = {
     "one_group": dict(batch=2, seq_len=7, heads=3, head_dim=20, groups=1),
     "two_groups_many_rows": dict(batch=3, seq_len=50, heads=4, head_dim=6, groups=2),
 }
+GROUP_NORM_CASES = {
+    "heads4": dict(batch=2, seq_len=7, heads=4, head_dim=20),
+    "heads3_many_rows": dict(batch=3, seq_len=50, heads=3, head_dim=8),
+}
 SCAN_INPUT_RESULTS = ["x", "k", "q", "g", "grad_xBC_and_dt", "grad_conv_weight", "grad_conv_bias", "grad_dt_bias",
                       "grad_A_log"]
 NORM_RESULTS = ["out", "grad_y", "grad_x", "grad_D", "grad_gate", "grad_weight"]
+GROUP_NORM_RESULTS = ["out", "grad_o", "grad_gate", "grad_weight", "grad_bias"]
 
 
 def _leaves(generator, device, *shapes_and_scales):
@@ -83,6 +89,20 @@ def norm_results(case: str, device: str, dtype: torch.dtype, op) -> list:
     return [out.detach()] + [t.grad for t in (y, x, D, wide, weight)]
 
 
+def group_norm_results(case: str, device: str, dtype: torch.dtype, op) -> list:
+    """``op`` (a ``gated_group_norm``) on fixed random inputs of ``GROUP_NORM_CASES[case]`` (``o`` off-centre, so the
+    mean matters): its output and every gradient (``GROUP_NORM_RESULTS``)."""
+    c = GROUP_NORM_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    channels = c["heads"] * c["head_dim"]
+    shape = (c["batch"], c["seq_len"], channels)
+    o, gate, weight, bias = _leaves(g, device, (shape, 2.0, 0.5), (shape, 1.0, 0.0), ((channels,), 0.1, 1.0),
+                                    ((channels,), 0.1, 0.0))
+    out = op(o.to(dtype), gate.to(dtype), weight, bias, c["heads"], 1e-5)
+    _backward_of_weighted_sum([out], torch.Generator().manual_seed(99), device)
+    return [out.detach()] + [t.grad for t in (o, gate, weight, bias)]
+
+
 def relative_errors(names, results, references) -> dict[str, float]:
     return {name: 0.0 if b is None and a is None else
             (torch.linalg.vector_norm(a.double() - b.double()) / torch.linalg.vector_norm(b.double())).item()
@@ -91,6 +111,8 @@ def relative_errors(names, results, references) -> dict[str, float]:
 
 def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
     """Relative (norm) difference, Triton kernels vs PyTorch references, per case, output and gradient."""
+    from groundthink.ops.gated_group_norm import gated_group_norm_torch
+    from groundthink.ops.gated_group_norm_triton import gated_group_norm_fused
     from groundthink.ops.mamba2_inputs import mamba2_scan_inputs_torch
     from groundthink.ops.mamba2_inputs_triton import mamba2_scan_inputs_fused
     from groundthink.ops.skip_gated_norm import skip_gated_rms_norm_torch
@@ -105,6 +127,10 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
         found = relative_errors(NORM_RESULTS, norm_results(case, device, dtype, skip_gated_rms_norm_fused),
                                 norm_results(case, device, dtype, skip_gated_rms_norm_torch))
         errors.update({f"norm.{case}.{name}": err for name, err in found.items()})
+    for case in GROUP_NORM_CASES:
+        found = relative_errors(GROUP_NORM_RESULTS, group_norm_results(case, device, dtype, gated_group_norm_fused),
+                                group_norm_results(case, device, dtype, gated_group_norm_torch))
+        errors.update({f"group_norm.{case}.{name}": err for name, err in found.items()})
     return errors
 
 
@@ -131,34 +157,42 @@ def swapped(module, name: str, value):
         setattr(module, name, previous)
 
 
-def layer_errors() -> dict[str, float]:
-    """The Mamba-2 layer's fused path (the kernels, dispatched as on CUDA; ``gla_naive`` as the scan) vs its CPU
-    path, float32: output, input gradient, every parameter's gradient and both carried states."""
-    from groundthink.layers import mamba2 as layer_module
-    from groundthink.ops import mamba2_inputs, skip_gated_norm
-
+def _perturbed(layer):
     torch.manual_seed(0)
-    layer = layer_module.Mamba2(hidden_size=24, head_dim=8, expand=2, state_size=12, n_groups=2)
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn(p.shape))
-    x = torch.randn(2, 37, 24)
+    return layer
+
+
+def layer_errors(kind: str) -> dict[str, float]:
+    """A layer's fused path (its kernels, dispatched as on CUDA; for Mamba-2 ``gla_naive`` as the scan) vs its
+    CPU path, float32: output, input gradient, every parameter's gradient and the carried states."""
+    from groundthink.layers import mamba2 as mamba2_module
+    from groundthink.layers.rwkv6 import RWKV6
+    from groundthink.ops import gated_group_norm, mamba2_inputs, skip_gated_norm
+
+    always = lambda t: True  # noqa: E731
+    if kind == "mamba2":
+        layer = _perturbed(mamba2_module.Mamba2(hidden_size=24, head_dim=8, expand=2, state_size=12, n_groups=2))
+        swaps = ((mamba2_module, "fused_mamba2_wanted", always), (mamba2_module, "ssd_from_scan_inputs", gla_naive),
+                 (mamba2_inputs, "fused_layer_kernels_wanted", always),
+                 (skip_gated_norm, "fused_layer_kernels_wanted", always))
+    else:
+        layer = _perturbed(RWKV6(hidden_size=24, num_heads=3))
+        swaps = ((gated_group_norm, "fused_layer_kernels_wanted", always),)
+    x = torch.randn(2, 37, 24, generator=torch.Generator().manual_seed(2))
     results = {}
     for path in ("fused", "cpu"):
         layer.zero_grad(set_to_none=True)
         inputs = x.clone().requires_grad_(True)
         with contextlib.ExitStack() as stack:
-            if path == "fused":
-                always = lambda t: True  # noqa: E731
-                for module, name, value in ((layer_module, "fused_mamba2_wanted", always),
-                                            (layer_module, "ssd_from_scan_inputs", gla_naive),
-                                            (mamba2_inputs, "fused_layer_kernels_wanted", always),
-                                            (skip_gated_norm, "fused_layer_kernels_wanted", always)):
-                    stack.enter_context(swapped(module, name, value))
+            for module, name, value in swaps if path == "fused" else ():
+                stack.enter_context(swapped(module, name, value))
             out, state = layer(inputs)
         (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results[path] = {"out": out.detach(), "grad.input": inputs.grad, "state.ssm": state.ssm.detach(),
-                         "state.conv": state.conv.detach(),
+        results[path] = {"out": out.detach(), "grad.input": inputs.grad,
+                         **{f"state.{i}": s.detach() for i, s in enumerate(state)},
                          **{f"grad.{n}": p.grad for n, p in layer.named_parameters()}}
     return relative_errors(list(results["cpu"]), list(results["fused"].values()), list(results["cpu"].values()))
 
@@ -166,7 +200,7 @@ def layer_errors() -> dict[str, float]:
 def run_under_interpreter(expression: str) -> dict:
     """``expression`` (this module as ``t``) evaluated in a fresh process with ``TRITON_INTERPRET=1`` (the
     interpreter is chosen when a kernel is defined); its JSON result."""
-    code = f"import json, torch, test_mamba2_kernels as t; print(json.dumps({expression}))"
+    code = f"import json, torch, test_layer_kernels as t; print(json.dumps({expression}))"
     env = dict(os.environ, TRITON_INTERPRET="1",
                PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -174,15 +208,17 @@ def run_under_interpreter(expression: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_mamba2_kernels_under_the_interpreter():
+def test_layer_kernels_under_the_interpreter():
     errors = run_under_interpreter("t.kernel_errors('cpu', torch.float32)")
-    expected = len(SCAN_INPUT_CASES) * len(SCAN_INPUT_RESULTS) + len(NORM_CASES) * len(NORM_RESULTS)
+    expected = (len(SCAN_INPUT_CASES) * len(SCAN_INPUT_RESULTS) + len(NORM_CASES) * len(NORM_RESULTS)
+                + len(GROUP_NORM_CASES) * len(GROUP_NORM_RESULTS))
     assert len(errors) == expected and max(errors.values()) < 1e-6, errors
 
 
-def test_mamba2_layer_fused_path_under_the_interpreter():
-    errors = run_under_interpreter("t.layer_errors()")
-    assert len(errors) == 4 + 8 and max(errors.values()) < 1e-5, errors  # 8 parameters
+@pytest.mark.parametrize("kind, parameters", [("mamba2", 8), ("rwkv6", 15)])
+def test_layer_fused_path_under_the_interpreter(kind, parameters):
+    errors = run_under_interpreter(f"t.layer_errors({kind!r})")
+    assert len(errors) == 4 + parameters and max(errors.values()) < 1e-5, errors
 
 
 def test_fused_path_stays_off_on_cpu():
