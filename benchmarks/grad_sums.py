@@ -11,15 +11,15 @@ gradient's typical size, its RMS over the op's output (``rms(g) |a_e|``: what do
 scales with their summands, not their result). ``cancellation`` takes the larger. ``gpu_parity.py`` scales
 each gradient's tolerance by it, so a near-cancelling sum does not fail from round-off alone.
 
-``record_uses`` measures it on the float64 reference run: a ``TorchFunctionMode`` sees every op a parameter
-(or a tensor derived from it by a view, a cast or an element-wise function of it alone, such as
-``-exp(A_log)``) enters, and a hook keeps each such op's output gradient. After the backward, each use's
-terms are recovered: for element-wise ops by the op's vector-Jacobian product with the parameter broadcast
-to the output's shape (one term per output element); for the multilinear ops (linear, matmul, einsum,
-convolution, embedding, RMSNorm's weight) by the product with every operand replaced by its magnitude
-(``sum |a| |g|``: the sum of the terms' magnitudes without forming them). The signed sums of the same terms reproduce the
-parameters' gradients exactly (``tests/test_gpu_parity.py`` checks this), which shows no use was missed.
-An op on a parameter that fits neither kind raises, rather than guess.
+``gradient_cancellations`` measures it on the float64 reference run: a ``TorchFunctionMode``
+(``UseRecorder``) sees every op a parameter (or a tensor derived from it by a view, a cast or an element-wise
+function of it alone, such as ``-exp(A_log)``) enters, and a hook keeps each such op's output gradient. After
+the backward, each use's terms are recovered: for element-wise ops by the op's vector-Jacobian product with
+the parameter broadcast to the output's shape (one term per output element); for the multilinear ops
+(linear, matmul, einsum, convolution, embedding, RMSNorm's weight) by the product with every operand replaced
+by its magnitude (``sum |a| |g|``: the terms' magnitudes summed without forming them). The signed sums of the
+same terms reproduce the parameters' gradients exactly (``tests/test_gpu_parity.py`` checks this), which
+shows no use was missed. An op on a parameter that fits neither kind raises, rather than guess.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ ELEMENTWISE = {"add", "sub", "mul", "div", "addcmul", "addcdiv", "lerp", "where"
 # (Arithmetic counts here when its other operand is a number: ``1 - w``.)
 DERIVING = {"__getitem__", "to", "float", "double", "view", "reshape", "squeeze", "unsqueeze", "contiguous",
             "transpose", "t", "permute", "flatten", "exp", "log", "sqrt", "square", "neg", "__neg__", "sigmoid",
-            "tanh", "softplus", "add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-            "__truediv__"}
+            "tanh", "softplus", "add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__",
+            "__mul__", "__rmul__", "__truediv__"}
 
 
 def _name(func) -> str:

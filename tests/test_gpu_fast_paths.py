@@ -229,7 +229,8 @@ def test_layer_fused_path(kind, precision, monkeypatch):
         return (out, state, inputs), (out.double() * weight.to(out.device, torch.float64)).sum()
 
     def collect(module, out, state, inputs):
-        return {"out": out.detach(), "grad_input": inputs.grad, **{f"state_{i}": s.detach() for i, s in enumerate(state)},
+        return {"out": out.detach(), "grad_input": inputs.grad,
+                **{f"state_{i}": s.detach() for i, s in enumerate(state)},
                 **{f"grad_{n}": p.grad for n, p in module.named_parameters()}}
 
     reference = copy.deepcopy(layer).double()

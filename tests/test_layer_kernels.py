@@ -82,8 +82,9 @@ def norm_results(case: str, device: str, dtype: torch.dtype, op) -> list:
     g = torch.Generator().manual_seed(len(case))
     channels = c["heads"] * c["head_dim"]
     head_shape = (c["batch"], c["seq_len"], c["heads"], c["head_dim"])
-    y, x, D, wide, weight = _leaves(g, device, (head_shape, 1.0, 0.0), (head_shape, 1.0, 0.0), ((c["heads"],), 1.0, 0.0),
-                                    ((c["batch"], c["seq_len"], channels + 9), 1.0, 0.0), ((channels,), 0.1, 1.0))
+    y, x, D, wide, weight = _leaves(g, device, (head_shape, 1.0, 0.0), (head_shape, 1.0, 0.0),
+                                    ((c["heads"],), 1.0, 0.0), ((c["batch"], c["seq_len"], channels + 9), 1.0, 0.0),
+                                    ((channels,), 0.1, 1.0))
     out = op(y.to(dtype), x.to(dtype), D, wide.to(dtype)[..., 4:4 + channels], weight, 1e-5, channels // c["groups"])
     _backward_of_weighted_sum([out], torch.Generator().manual_seed(99), device)
     return [out.detach()] + [t.grad for t in (y, x, D, wide, weight)]

@@ -138,6 +138,6 @@ def fused_ops_wanted(x) -> bool:
 
 
 def fused_layer_kernels_wanted(x) -> bool:
-    """GroundThink's own fused layer kernels (Mamba-2's input and output sides): where ``fused_ops_wanted``,
-    unless ``GROUNDTHINK_FUSED_LAYERS=0`` (FLA's kernels and the PyTorch ops instead, to measure the gain)."""
+    """GroundThink's fused layer kernels (Mamba-2's input and output sides, RWKV-6's output side): where
+    ``fused_ops_wanted``, unless ``GROUNDTHINK_FUSED_LAYERS=0`` (FLA's kernels and PyTorch's ops instead)."""
     return os.environ.get("GROUNDTHINK_FUSED_LAYERS") != "0" and fused_ops_wanted(x)

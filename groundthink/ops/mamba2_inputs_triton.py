@@ -207,7 +207,8 @@ class Mamba2ScanInputsFused(torch.autograd.Function):
         mamba2_inputs_fwd_kernel[grid](
             xBC, dt, conv_weight, conv_weight if conv_bias is None else conv_bias, dt_bias, A_log, x, k, q, g,
             seq_len, xBC.stride(0), xBC.stride(1), dt.stride(0), dt.stride(1), float(dt_limit[0]),
-            float(dt_limit[1]), W=conv_weight.shape[1], HAS_BIAS=conv_bias is not None, BLOCK_T=BT, num_warps=4, **sizes)
+            float(dt_limit[1]), W=conv_weight.shape[1], HAS_BIAS=conv_bias is not None, BLOCK_T=BT, num_warps=4,
+            **sizes)
         ctx.save_for_backward(xBC, dt, conv_weight, conv_bias, dt_bias, A_log)
         ctx.dt_limit, ctx.sizes = dt_limit, sizes
         return x, k, q, g
@@ -246,7 +247,8 @@ def mamba2_scan_inputs_fused(xBC, dt, conv_weight, conv_bias, dt_bias, A_log, dt
     """``mamba2_scan_inputs`` (see ``mamba2_inputs.py``) with the Triton kernels."""
     batch, seq_len, channels = xBC.shape
     head_channels = channels - 2 * n_groups * state_size
-    if (head_channels <= 0 or head_channels % num_heads or num_heads % n_groups or dt.shape != (batch, seq_len, num_heads)
+    if (head_channels <= 0 or head_channels % num_heads or num_heads % n_groups
+            or dt.shape != (batch, seq_len, num_heads)
             or conv_weight.shape[0] != channels or dt_bias.shape != (num_heads,) or A_log.shape != (num_heads,)):
         raise ValueError(f"mamba2_scan_inputs: expected xBC [B, T, H*P + 2*G*N], dt [B, T, H], conv_weight [C, W], "
                          f"dt_bias and A_log [H] with H={num_heads}, G={n_groups}, N={state_size}; got "

@@ -30,7 +30,8 @@ def row_group_tile(row0, n_rows, group, HP: tl.constexpr, GROUP: tl.constexpr, B
 
 @triton.jit
 def _skip_gate(y_ptr, x_ptr, z_ptr, d_ptr, rows, cols, col_mask, mask, offs, z_stride, P: tl.constexpr):
-    """One tile in float32: ``x``, the gate ``z``, ``D`` per column, ``sigmoid(z)``, ``s = y + D x``, ``h = s silu(z)``."""
+    """One tile in float32: ``x``, the gate ``z``, ``D`` per column, ``sigmoid(z)``, ``s = y + D x``,
+    ``h = s silu(z)``."""
     y = tl.load(y_ptr + offs, mask=mask, other=0.).to(tl.float32)
     x = tl.load(x_ptr + offs, mask=mask, other=0.).to(tl.float32)
     z = tl.load(z_ptr + rows[:, None] * z_stride + cols[None, :], mask=mask, other=0.).to(tl.float32)
