@@ -431,7 +431,7 @@ def environment() -> dict:
         "mamba_ssm": version("mamba-ssm"),
         # What "our CUDA path" was: FLA's kernels unless disabled (then the comparisons are torch vs torch).
         "fla_kernels_used": fla_available(),
-        "env": {k: os.environ[k] for k in ("GROUNDTHINK_DISABLE_FLA", "GROUNDTHINK_FUSED_OPS",
+        "env": {k: os.environ[k] for k in ("GROUNDTHINK_DISABLE_FLA", "GROUNDTHINK_FUSED_OPS", "GROUNDTHINK_FUSED_LAYERS",
                                            "GROUNDTHINK_FUSED_RECURRENT_MAX_LEN", "GROUNDTHINK_FLA_AUTOTUNE")
                 if k in os.environ},
     }
