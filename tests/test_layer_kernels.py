@@ -1,18 +1,20 @@
 """The layers' fused kernels on CPU, under Triton's interpreter: Mamba-2's input side (``ops/mamba2_inputs*.py``)
 and output side (``ops/skip_gated_norm*.py``), RWKV-6's output side (``ops/gated_group_norm*.py``). Outputs and
-every gradient against the PyTorch references, and each layer's fused path against its CPU path. The same
-helpers run on the GPU in tests/test_gpu_fast_paths.py (float32 and bf16).
+every gradient against the PyTorch references, and each layer's fused path against its CPU path; and every
+kernel compiled for Hopper (sm_90). The same helpers run on the GPU in tests/test_gpu_fast_paths.py (float32
+and bf16).
 """
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 # Shapes chosen so that no tile is full: odd head sizes and state sizes, sequences not a multiple of the
 # kernels' token blocks (and one shorter than the convolution window), one and two groups.
@@ -245,3 +247,94 @@ def test_scan_inputs_reference_is_the_layer_computation(case):
             for t in (B, C))
     for got, want in ((x.flatten(2), x_ref), (k, B * dt[..., None]), (q, C), (g, -dt * A_log.double().exp())):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compiled for Hopper on this machine: Triton's compiler runs without a GPU and rejects what its interpreter
+# accepts (e.g. a name bound in both branches of an `if` with different tile shapes); cuobjdump reads the
+# cubin's register use.
+
+def _hopper_toolchain():
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        return None
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return (GPUTarget, ASTSource, tool) if os.path.exists(tool) else None
+
+
+POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
+
+
+def recorded_launches(monkeypatch, run):
+    """The kernel launches ``run()`` makes, recorded instead of run: ``[(kernel, args, kwargs)]``."""
+    from triton.runtime.jit import JITFunction
+
+    launches = []
+    monkeypatch.setattr(JITFunction, "run", lambda self, *args, grid, warmup, **kwargs:
+                        launches.append((self, args, kwargs)))
+    run()
+    return launches
+
+
+def compile_for_hopper(kernel, args, kwargs) -> dict[str, int]:
+    """``kernel`` compiled for sm_90 with these launch arguments; its register and local-memory (spill) use."""
+    GPUTarget, ASTSource, tool = _hopper_toolchain()
+    values = dict(zip(kernel.arg_names, args), **{k: v for k, v in kwargs.items() if k in kernel.arg_names})
+    signature, constants = {}, {}
+    for param in kernel.params:
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name], constants[param.name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[param.name] = POINTER[value.dtype]
+        else:
+            signature[param.name] = "fp32" if isinstance(value, float) else "i32" if abs(value) < 2 ** 31 else "i64"
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": kwargs.get("num_warps", 4)})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([tool, "-res-usage", cubin.name], capture_output=True, text=True).stdout
+    line = next(line for line in usage.splitlines() if "REG:" in line)
+    return {key: int(line.split(f"{key}:")[1].split()[0]) for key in ("REG", "LOCAL")}
+
+
+def _seed_size_launches(monkeypatch):
+    """Every launch of the three ops' forward and backward at the ~125M bench shape's widths (bf16), on a few
+    tokens (the launches are recorded, not run)."""
+    from groundthink.ops.gated_group_norm_triton import gated_group_norm_fused
+    from groundthink.ops.mamba2_inputs_triton import mamba2_scan_inputs_fused
+    from groundthink.ops.skip_gated_norm_triton import skip_gated_rms_norm_fused
+
+    heads, head_dim, state, hidden = 24, 64, 128, 768
+    channels = heads * head_dim
+    conv = channels + 2 * state
+
+    def leaf(*shape, dtype=torch.float32):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    def run():
+        wide = leaf(1, 20, channels + conv + heads, dtype=torch.bfloat16)
+        outs = mamba2_scan_inputs_fused(wide[..., channels:channels + conv], wide[..., channels + conv:],
+                                        leaf(conv, 4), leaf(conv), leaf(heads), leaf(heads), (0.0, float("inf")),
+                                        heads, 1, state)
+        y = leaf(1, 20, heads, head_dim, dtype=torch.bfloat16)
+        out = skip_gated_rms_norm_fused(y, y, leaf(heads), wide[..., :channels], leaf(channels), 1e-5, channels)
+        o = leaf(1, 20, hidden, dtype=torch.bfloat16)
+        out2 = gated_group_norm_fused(o, o, leaf(hidden), leaf(hidden), 6, 1e-5)
+        sum(t.float().sum() for t in (*outs, out, out2)).backward()
+
+    return recorded_launches(monkeypatch, run)
+
+
+@pytest.mark.skipif(_hopper_toolchain() is None, reason="Triton without its NVIDIA compiler backend")
+def test_layer_kernels_compile_for_hopper_without_spills(monkeypatch):
+    launches = _seed_size_launches(monkeypatch)
+    assert sorted(k.__name__ for k, _, _ in launches) == sorted(
+        ["mamba2_inputs_fwd_kernel", "mamba2_inputs_bwd_act_kernel", "mamba2_inputs_bwd_conv_kernel",
+         "skip_gated_norm_fwd_kernel", "skip_gated_norm_bwd_kernel", "gated_group_norm_fwd_kernel",
+         "gated_group_norm_bwd_kernel"])
+    usage = {kernel.__name__: compile_for_hopper(kernel, args, kwargs) for kernel, args, kwargs in launches}
+    assert all(u["LOCAL"] == 0 and u["REG"] < 255 for u in usage.values()), usage

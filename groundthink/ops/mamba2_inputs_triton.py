@@ -18,8 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-BT = 32       # tokens per program (kernel 1 and the forward)
-BT_CONV = 64  # tokens per program of the convolution's backward (kernel 2)
+# Tokens per program, with 8 warps: ~8 elements of a [BT, 128] tile per thread keeps the kernels under ~170
+# registers on Hopper (sm_90 build: 32 tokens took all 255), so at least 8 warps stay resident per SM.
+BT = 16       # the forward and kernel 1
+BT_CONV = 32  # kernel 2 (the convolution's backward: ~60 registers)
+WARPS = 8
 
 
 @triton.jit
@@ -31,38 +34,77 @@ def _softplus(x):
 
 
 @triton.jit
-def _conv(xbc_ptr, w_ptr, b_ptr, times, cols, t_mask, c_mask, stride_t,
+def _conv(xbc_ptr, w_ptr, b_ptr, local, times, cols, t_mask, c_mask, stride_t,
           W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The convolution's pre-activation at ``times`` x ``cols`` of one sequence, float32."""
+    """The convolution's pre-activation at this program's tokens x ``cols``, float32. ``xbc_ptr`` points at the
+    program's first token; ``local`` are the tokens' offsets from it, ``times`` their positions in the sequence."""
     pre = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
     if HAS_BIAS:
         pre += tl.load(b_ptr + cols, mask=c_mask, other=0.).to(tl.float32)[None, :]
     for w in tl.static_range(W):
-        src = times - (W - 1) + w
-        mask = (t_mask & (src >= 0))[:, None] & c_mask[None, :]
-        taps = tl.load(xbc_ptr + src[:, None] * stride_t + cols[None, :], mask=mask, other=0.).to(tl.float32)
-        pre += taps * tl.load(w_ptr + cols * W + w, mask=c_mask, other=0.).to(tl.float32)[None, :]
+        mask = (t_mask & (times - (W - 1) + w >= 0))[:, None] & c_mask[None, :]
+        taps = tl.load(xbc_ptr + (local - (W - 1) + w)[:, None] * stride_t + cols[None, :], mask=mask, other=0.)
+        pre += taps.to(tl.float32) * tl.load(w_ptr + cols * W + w, mask=c_mask, other=0.).to(tl.float32)[None, :]
     return pre
 
 
 @triton.jit
-def _dt(dt_ptr, dt_bias_ptr, times, t_mask, head, stride_t, dt_min, dt_max):
+def _dt(dt_ptr, dt_bias_ptr, local, t_mask, head, stride_t, dt_min, dt_max):
     """``(dt + dt_bias, clamp(softplus(dt + dt_bias)), whether the clamp passes gradients)`` for one head, ``[BT]``."""
-    raw = tl.load(dt_ptr + times * stride_t + head, mask=t_mask, other=0.).to(tl.float32)
+    raw = tl.load(dt_ptr + local * stride_t + head, mask=t_mask, other=0.).to(tl.float32)
     raw += tl.load(dt_bias_ptr + head).to(tl.float32)
     soft = _softplus(raw)
     return raw, tl.minimum(tl.maximum(soft, dt_min), dt_max), (soft >= dt_min) & (soft <= dt_max)
 
 
 @triton.jit
-def _section(T, HP, N, G, X_BLOCKS, BX: tl.constexpr, BN: tl.constexpr, BLOCK_T: tl.constexpr):
-    """This program's tokens and channel section: (times, mask, batch, section 0/1/2 = x/B/C, first column, group)."""
-    times = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+def _section(T, HP, N, G, X_BLOCKS, BX: tl.constexpr, BLOCK_T: tl.constexpr):
+    """This program's tokens and channel section: (tokens' offsets from the first, their positions, mask, row of
+    the first token in [B * T], batch, section 0/1/2 = x/B/C, first column, group). Offsets inside a tile stay
+    32-bit; the 64-bit part goes into the base pointers (fewer registers)."""
+    first_token = tl.program_id(0) * BLOCK_T
+    local = tl.arange(0, BLOCK_T)
+    batch = tl.program_id(1).to(tl.int64)
     section_id = tl.program_id(2)
     kind = tl.where(section_id < X_BLOCKS, 0, tl.where(section_id < X_BLOCKS + G, 1, 2))
     group = tl.where(kind == 1, section_id - X_BLOCKS, section_id - X_BLOCKS - G)
     first = tl.where(kind == 0, section_id * BX, HP + (kind - 1) * G * N + group * N)
-    return times, times < T, tl.program_id(1).to(tl.int64), kind, first, group
+    times = first_token + local
+    return local, times, times < T, batch * T + first_token, batch, kind, first, group
+
+
+@triton.jit
+def _fwd_x_block(xbc_ptr, w_ptr, b_ptr, x_ptr, local, times, t_mask, first, HP, xbc_stride_t,
+                 W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BX: tl.constexpr):
+    """``x`` for ``BX`` channels from ``first``."""
+    cols = first + tl.arange(0, BX)
+    c_mask = cols < HP
+    pre = _conv(xbc_ptr, w_ptr, b_ptr, local, times, cols, t_mask, c_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BX)
+    tl.store(x_ptr + local[:, None] * HP + cols[None, :], (pre * tl.sigmoid(pre)).to(x_ptr.dtype.element_ty),
+             mask=t_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _fwd_group_block(xbc_ptr, w_ptr, b_ptr, dt_ptr, dt_bias_ptr, a_log_ptr, k_ptr, q_ptr, g_ptr, local, times,
+                     t_mask, first, group, is_b, H, N, HEADS_PER_GROUP, xbc_stride_t, dt_stride_t, dt_min, dt_max,
+                     W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BN: tl.constexpr):
+    """One group's ``B`` (``is_b``: written as ``k = dt * B`` per head, with ``g = dt * A``) or ``C`` (``q``)."""
+    lanes = tl.arange(0, BN)
+    n_mask = lanes < N
+    pre = _conv(xbc_ptr, w_ptr, b_ptr, local, times, first + lanes, t_mask, n_mask, xbc_stride_t, W, HAS_BIAS,
+                BLOCK_T, BN)
+    act = pre * tl.sigmoid(pre)
+    mask = t_mask[:, None] & n_mask[None, :]
+    for i in range(0, HEADS_PER_GROUP):
+        head = group * HEADS_PER_GROUP + i
+        offs = (local[:, None] * H + head) * N + lanes[None, :]
+        if is_b:
+            _, dt, _ = _dt(dt_ptr, dt_bias_ptr, local, t_mask, head, dt_stride_t, dt_min, dt_max)
+            tl.store(k_ptr + offs, (act * dt[:, None]).to(k_ptr.dtype.element_ty), mask=mask)
+            A = -tl.exp(tl.load(a_log_ptr + head).to(tl.float32))
+            tl.store(g_ptr + local * H + head, dt * A, mask=t_mask)
+        else:
+            tl.store(q_ptr + offs, act.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -71,40 +113,67 @@ def mamba2_inputs_fwd_kernel(xbc_ptr, dt_ptr, w_ptr, b_ptr, dt_bias_ptr, a_log_p
                              HP, H, N, G, HEADS_PER_GROUP, X_BLOCKS,
                              W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BX: tl.constexpr,
                              BN: tl.constexpr):
-    times, t_mask, batch, kind, first, group = _section(T, HP, N, G, X_BLOCKS, BX, BN, BLOCK_T)
-    xbc_ptr += batch * xbc_stride_b
-    rows = batch * T + times
+    local, times, t_mask, row0, batch, kind, first, group = _section(T, HP, N, G, X_BLOCKS, BX, BLOCK_T)
+    xbc_ptr += batch * xbc_stride_b + (row0 - batch * T) * xbc_stride_t
+    # One helper per section: compiled Triton wants a name bound in both branches of an `if` to keep its type.
     if kind == 0:
-        cols = first + tl.arange(0, BX)
-        c_mask = cols < HP
-        pre = _conv(xbc_ptr, w_ptr, b_ptr, times, cols, t_mask, c_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BX)
-        mask = t_mask[:, None] & c_mask[None, :]
-        tl.store(x_ptr + rows[:, None] * HP + cols[None, :], (pre * tl.sigmoid(pre)).to(x_ptr.dtype.element_ty),
-                 mask=mask)
+        _fwd_x_block(xbc_ptr, w_ptr, b_ptr, x_ptr + row0 * HP, local, times, t_mask, first, HP, xbc_stride_t,
+                     W, HAS_BIAS, BLOCK_T, BX)
     else:
-        lanes = tl.arange(0, BN)
-        n_mask = lanes < N
-        pre = _conv(xbc_ptr, w_ptr, b_ptr, times, first + lanes, t_mask, n_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BN)
-        act = pre * tl.sigmoid(pre)
-        mask = t_mask[:, None] & n_mask[None, :]
-        for i in range(0, HEADS_PER_GROUP):
-            head = group * HEADS_PER_GROUP + i
-            offs = (rows[:, None] * H + head) * N + lanes[None, :]
-            if kind == 1:
-                _, dt, _ = _dt(dt_ptr + batch * dt_stride_b, dt_bias_ptr, times, t_mask, head, dt_stride_t,
-                               dt_min, dt_max)
-                tl.store(k_ptr + offs, (act * dt[:, None]).to(k_ptr.dtype.element_ty), mask=mask)
-                A = -tl.exp(tl.load(a_log_ptr + head).to(tl.float32))
-                tl.store(g_ptr + rows * H + head, dt * A, mask=t_mask)
-            else:
-                tl.store(q_ptr + offs, act.to(q_ptr.dtype.element_ty), mask=mask)
+        _fwd_group_block(xbc_ptr, w_ptr, b_ptr, dt_ptr + batch * dt_stride_b + (row0 - batch * T) * dt_stride_t,
+                         dt_bias_ptr, a_log_ptr, k_ptr + row0 * H * N, q_ptr + row0 * H * N, g_ptr + row0 * H, local,
+                         times, t_mask, first, group, kind == 1, H, N, HEADS_PER_GROUP, xbc_stride_t, dt_stride_t,
+                         dt_min, dt_max, W, HAS_BIAS, BLOCK_T, BN)
 
 
 @triton.jit
-def _store_d_pre(d_pre_ptr, pre, d_act, rows, cols, mask, CONV):
+def _store_d_pre(d_pre_ptr, pre, d_act, local, cols, mask, CONV):
     """``d_pre = d_act * silu'(pre)``, ``silu'(p) = sigmoid(p) (1 + p (1 - sigmoid(p)))``."""
     sig = tl.sigmoid(pre)
-    tl.store(d_pre_ptr + rows[:, None] * CONV + cols[None, :], d_act * sig * (1 + pre * (1 - sig)), mask=mask)
+    tl.store(d_pre_ptr + local[:, None] * CONV + cols[None, :], d_act * sig * (1 + pre * (1 - sig)), mask=mask)
+
+
+@triton.jit
+def _bwd_x_block(xbc_ptr, w_ptr, b_ptr, dx_ptr, d_pre_ptr, local, times, t_mask, first, HP, CONV, xbc_stride_t,
+                 W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BX: tl.constexpr):
+    """``d_pre`` for ``BX`` channels of ``x`` from ``first``: their gradient is ``d_x``."""
+    cols = first + tl.arange(0, BX)
+    c_mask = cols < HP
+    mask = t_mask[:, None] & c_mask[None, :]
+    pre = _conv(xbc_ptr, w_ptr, b_ptr, local, times, cols, t_mask, c_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BX)
+    d_act = tl.load(dx_ptr + local[:, None] * HP + cols[None, :], mask=mask, other=0.).to(tl.float32)
+    _store_d_pre(d_pre_ptr, pre, d_act, local, cols, mask, CONV)
+
+
+@triton.jit
+def _bwd_group_block(xbc_ptr, w_ptr, b_ptr, dt_ptr, dt_bias_ptr, a_log_ptr, dk_ptr, dq_ptr, dg_ptr, d_pre_ptr,
+                     d_dt_ptr, a_terms_ptr, local, times, t_mask, first, group, is_b, H, N, HEADS_PER_GROUP, CONV,
+                     xbc_stride_t, dt_stride_t, dt_min, dt_max,
+                     W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BN: tl.constexpr):
+    """``d_pre`` for one group's ``B`` (gradient ``sum_h dt_h d_k_h``; also ``dt``'s gradient and ``A``'s terms)
+    or ``C`` (``sum_h d_q_h``)."""
+    lanes = tl.arange(0, BN)
+    n_mask = lanes < N
+    mask = t_mask[:, None] & n_mask[None, :]
+    pre = _conv(xbc_ptr, w_ptr, b_ptr, local, times, first + lanes, t_mask, n_mask, xbc_stride_t, W, HAS_BIAS,
+                BLOCK_T, BN)
+    act = pre * tl.sigmoid(pre)
+    d_act = tl.zeros([BLOCK_T, BN], dtype=tl.float32)
+    for i in range(0, HEADS_PER_GROUP):
+        head = group * HEADS_PER_GROUP + i
+        offs = (local[:, None] * H + head) * N + lanes[None, :]
+        if is_b:   # k = dt * B: B gets sum_h dt_h d_k_h, dt_h gets d_k_h . B (+ A d_g_h through g)
+            raw, dt, passes = _dt(dt_ptr, dt_bias_ptr, local, t_mask, head, dt_stride_t, dt_min, dt_max)
+            d_k = tl.load(dk_ptr + offs, mask=mask, other=0.).to(tl.float32)
+            d_act += d_k * dt[:, None]
+            d_g = tl.load(dg_ptr + local * H + head, mask=t_mask, other=0.).to(tl.float32)
+            A = -tl.exp(tl.load(a_log_ptr + head).to(tl.float32))
+            d_dt = tl.where(passes, tl.sum(d_k * act, axis=1) + d_g * A, 0.0)
+            tl.store(d_dt_ptr + local * H + head, d_dt * tl.sigmoid(raw), mask=t_mask)
+            tl.store(a_terms_ptr + local * H + head, d_g * dt, mask=t_mask)
+        else:
+            d_act += tl.load(dq_ptr + offs, mask=mask, other=0.).to(tl.float32)
+    _store_d_pre(d_pre_ptr, pre, d_act, local, first + lanes, mask, CONV)
 
 
 @triton.jit
@@ -113,40 +182,19 @@ def mamba2_inputs_bwd_act_kernel(xbc_ptr, dt_ptr, w_ptr, b_ptr, dt_bias_ptr, a_l
                                  T, xbc_stride_b, xbc_stride_t, dt_stride_b, dt_stride_t, dt_min, dt_max,
                                  HP, H, N, G, HEADS_PER_GROUP, X_BLOCKS, CONV,
                                  W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BX: tl.constexpr,
-                             BN: tl.constexpr):
-    times, t_mask, batch, kind, first, group = _section(T, HP, N, G, X_BLOCKS, BX, BN, BLOCK_T)
-    xbc_ptr += batch * xbc_stride_b
-    rows = batch * T + times
+                                 BN: tl.constexpr):
+    local, times, t_mask, row0, batch, kind, first, group = _section(T, HP, N, G, X_BLOCKS, BX, BLOCK_T)
+    xbc_ptr += batch * xbc_stride_b + (row0 - batch * T) * xbc_stride_t
+    d_pre_ptr += row0 * CONV
     if kind == 0:
-        cols = first + tl.arange(0, BX)
-        c_mask = cols < HP
-        mask = t_mask[:, None] & c_mask[None, :]
-        pre = _conv(xbc_ptr, w_ptr, b_ptr, times, cols, t_mask, c_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BX)
-        d_act = tl.load(dx_ptr + rows[:, None] * HP + cols[None, :], mask=mask, other=0.).to(tl.float32)
-        _store_d_pre(d_pre_ptr, pre, d_act, rows, cols, mask, CONV)
+        _bwd_x_block(xbc_ptr, w_ptr, b_ptr, dx_ptr + row0 * HP, d_pre_ptr, local, times, t_mask, first, HP, CONV,
+                     xbc_stride_t, W, HAS_BIAS, BLOCK_T, BX)
     else:
-        lanes = tl.arange(0, BN)
-        n_mask = lanes < N
-        mask = t_mask[:, None] & n_mask[None, :]
-        pre = _conv(xbc_ptr, w_ptr, b_ptr, times, first + lanes, t_mask, n_mask, xbc_stride_t, W, HAS_BIAS, BLOCK_T, BN)
-        act = pre * tl.sigmoid(pre)
-        d_act = tl.zeros([BLOCK_T, BN], dtype=tl.float32)
-        for i in range(0, HEADS_PER_GROUP):
-            head = group * HEADS_PER_GROUP + i
-            offs = (rows[:, None] * H + head) * N + lanes[None, :]
-            if kind == 1:   # k = dt * B: B gets sum_h dt_h d_k_h, dt_h gets d_k_h . B (+ A d_g_h through g)
-                raw, dt, passes = _dt(dt_ptr + batch * dt_stride_b, dt_bias_ptr, times, t_mask, head, dt_stride_t,
-                                      dt_min, dt_max)
-                d_k = tl.load(dk_ptr + offs, mask=mask, other=0.).to(tl.float32)
-                d_act += d_k * dt[:, None]
-                d_g = tl.load(dg_ptr + rows * H + head, mask=t_mask, other=0.).to(tl.float32)
-                A = -tl.exp(tl.load(a_log_ptr + head).to(tl.float32))
-                d_dt = tl.where(passes, tl.sum(d_k * act, axis=1) + d_g * A, 0.0)
-                tl.store(d_dt_ptr + rows * H + head, d_dt * tl.sigmoid(raw), mask=t_mask)
-                tl.store(a_terms_ptr + rows * H + head, d_g * dt, mask=t_mask)
-            else:
-                d_act += tl.load(dq_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        _store_d_pre(d_pre_ptr, pre, d_act, rows, first + lanes, mask, CONV)
+        _bwd_group_block(xbc_ptr, w_ptr, b_ptr, dt_ptr + batch * dt_stride_b + (row0 - batch * T) * dt_stride_t,
+                         dt_bias_ptr, a_log_ptr, dk_ptr + row0 * H * N, dq_ptr + row0 * H * N, dg_ptr + row0 * H,
+                         d_pre_ptr, d_dt_ptr + row0 * H, a_terms_ptr + row0 * H, local, times, t_mask, first, group,
+                         kind == 1, H, N, HEADS_PER_GROUP, CONV, xbc_stride_t, dt_stride_t, dt_min, dt_max,
+                         W, HAS_BIAS, BLOCK_T, BN)
 
 
 @triton.jit
@@ -155,27 +203,30 @@ def mamba2_inputs_bwd_conv_kernel(xbc_ptr, w_ptr, d_pre_ptr, d_xbc_ptr, d_w_part
                                   W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr,
                                   BC: tl.constexpr):
     t_block, batch = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    times = t_block * BLOCK_T + tl.arange(0, BLOCK_T)
+    first_token = t_block * BLOCK_T
+    local = tl.arange(0, BLOCK_T)
+    times = first_token + local
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
     t_mask, c_mask = times < T, cols < CONV
     mask = t_mask[:, None] & c_mask[None, :]
-    d_pre_ptr += batch * T * CONV
-    xbc_ptr += batch * xbc_stride_b
+    row0 = batch * T + first_token
+    d_pre_ptr += row0 * CONV
+    xbc_ptr += batch * xbc_stride_b + first_token.to(tl.int64) * xbc_stride_t
     d_in = tl.zeros([BLOCK_T, BC], dtype=tl.float32)
     for w in tl.static_range(W):   # input t feeds outputs t .. t + W - 1, through tap W - 1 - (their distance)
-        dst = times + (W - 1) - w
-        d_out = tl.load(d_pre_ptr + dst[:, None] * CONV + cols[None, :], mask=(dst < T)[:, None] & c_mask[None, :],
-                        other=0.)
+        ahead = local + (W - 1) - w
+        d_out = tl.load(d_pre_ptr + ahead[:, None] * CONV + cols[None, :],
+                        mask=(times + (W - 1) - w < T)[:, None] & c_mask[None, :], other=0.)
         d_in += d_out * tl.load(w_ptr + cols * W + w, mask=c_mask, other=0.).to(tl.float32)[None, :]
-    tl.store(d_xbc_ptr + (batch * T + times)[:, None] * CONV + cols[None, :], d_in.to(d_xbc_ptr.dtype.element_ty),
+    tl.store(d_xbc_ptr + row0 * CONV + local[:, None] * CONV + cols[None, :], d_in.to(d_xbc_ptr.dtype.element_ty),
              mask=mask)
-    d_pre = tl.load(d_pre_ptr + times[:, None] * CONV + cols[None, :], mask=mask, other=0.)
+    d_pre = tl.load(d_pre_ptr + local[:, None] * CONV + cols[None, :], mask=mask, other=0.)
     part = batch * tl.num_programs(0) + t_block
     for w in tl.static_range(W):
-        src = times - (W - 1) + w
-        taps = tl.load(xbc_ptr + src[:, None] * xbc_stride_t + cols[None, :],
-                       mask=(t_mask & (src >= 0))[:, None] & c_mask[None, :], other=0.).to(tl.float32)
-        tl.store(d_w_part_ptr + (part * CONV + cols) * W + w, tl.sum(d_pre * taps, axis=0), mask=c_mask)
+        taps = tl.load(xbc_ptr + (local - (W - 1) + w)[:, None] * xbc_stride_t + cols[None, :],
+                       mask=(t_mask & (times - (W - 1) + w >= 0))[:, None] & c_mask[None, :], other=0.)
+        tl.store(d_w_part_ptr + (part * CONV + cols) * W + w, tl.sum(d_pre * taps.to(tl.float32), axis=0),
+                 mask=c_mask)
     if HAS_BIAS:
         tl.store(d_b_part_ptr + part * CONV + cols, tl.sum(d_pre, axis=0), mask=c_mask)
 
@@ -207,8 +258,8 @@ class Mamba2ScanInputsFused(torch.autograd.Function):
         mamba2_inputs_fwd_kernel[grid](
             xBC, dt, conv_weight, conv_weight if conv_bias is None else conv_bias, dt_bias, A_log, x, k, q, g,
             seq_len, xBC.stride(0), xBC.stride(1), dt.stride(0), dt.stride(1), float(dt_limit[0]),
-            float(dt_limit[1]), W=conv_weight.shape[1], HAS_BIAS=conv_bias is not None, BLOCK_T=BT, num_warps=4,
-            **sizes)
+            float(dt_limit[1]), W=conv_weight.shape[1], HAS_BIAS=conv_bias is not None, BLOCK_T=BT,
+            num_warps=WARPS, **sizes)
         ctx.save_for_backward(xBC, dt, conv_weight, conv_bias, dt_bias, A_log)
         ctx.dt_limit, ctx.sizes = dt_limit, sizes
         return x, k, q, g
@@ -226,7 +277,8 @@ class Mamba2ScanInputsFused(torch.autograd.Function):
             xBC, dt, conv_weight, conv_weight if conv_bias is None else conv_bias, dt_bias, A_log, d_x.contiguous(),
             d_k.contiguous(), d_q.contiguous(), d_g.contiguous(), d_pre, d_dt, a_terms,
             seq_len, xBC.stride(0), xBC.stride(1), dt.stride(0), dt.stride(1), float(ctx.dt_limit[0]),
-            float(ctx.dt_limit[1]), CONV=channels, W=width, HAS_BIAS=has_bias, BLOCK_T=BT, num_warps=4, **sizes)
+            float(ctx.dt_limit[1]), CONV=channels, W=width, HAS_BIAS=has_bias, BLOCK_T=BT, num_warps=WARPS,
+            **sizes)
         d_xBC = torch.empty(batch, seq_len, channels, dtype=xBC.dtype, device=xBC.device)
         block_c = min(64, triton.next_power_of_2(channels))
         grid = (triton.cdiv(seq_len, BT_CONV), batch, triton.cdiv(channels, block_c))
@@ -235,7 +287,7 @@ class Mamba2ScanInputsFused(torch.autograd.Function):
         mamba2_inputs_bwd_conv_kernel[grid](
             xBC, conv_weight, d_pre, d_xBC, d_w_part, d_w_part if d_b_part is None else d_b_part,
             seq_len, xBC.stride(0), xBC.stride(1), channels, W=width, HAS_BIAS=has_bias, BLOCK_T=BT_CONV,
-            BC=block_c, num_warps=4)
+            BC=block_c, num_warps=WARPS)
         d_bias = d_b_part.sum(0).to(conv_bias.dtype) if has_bias else None
         d_A_log = (a_terms.sum((0, 1)) * -torch.exp(A_log.float())).to(A_log.dtype)
         return (d_xBC, d_dt.to(dt.dtype), d_w_part.sum(0).to(conv_weight.dtype), d_bias,

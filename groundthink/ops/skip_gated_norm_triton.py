@@ -91,9 +91,11 @@ def skip_gated_norm_bwd_kernel(grad_ptr, y_ptr, x_ptr, z_ptr, d_ptr, w_ptr, dy_p
 
 
 def group_block_sizes(group_size: int, elements: int) -> dict:
-    """All channels of one group per program, ~``elements`` of them per tile."""
+    """All channels of one group per program, ~``elements`` of them per tile, ~8 per thread in the backward
+    (``elements=2048``) and ~16 in the forward (``4096``): under ~160 registers on Hopper (sm_90 build)."""
     block_g = triton.next_power_of_2(group_size)
-    return dict(BLOCK_T=max(1, min(16, elements // block_g)), BG=block_g, num_warps=4 if block_g <= 512 else 8)
+    block_t = max(1, min(16, elements // block_g))
+    return dict(BLOCK_T=block_t, BG=block_g, num_warps=8 if block_t * block_g >= 2048 else 4)
 
 
 def partial_sum_programs(device: torch.device, rows: int, block_t: int) -> tuple[int, int]:
