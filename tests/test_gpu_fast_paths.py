@@ -19,26 +19,6 @@ SMALL = dict(vocab_size=65, hidden_size=64, n_layers=2, rwkv_heads=4, mamba_head
              max_position_embeddings=256)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def quick_fla_autotuning():
-    """Every FLA autotuner tries at most 2 configs (``backend.limit_fla_autotuning``), in this process and in its
-    children (the Hopper self-check): full tuning compiles up to 48 candidates per kernel and shape (minutes per
-    shape), and whichever config runs computes the same result, which is all these tests check. FLA's layers
-    are imported first so the cut reaches every kernel module."""
-    previous = os.environ.get("GROUNDTHINK_FLA_AUTOTUNE")
-    os.environ["GROUNDTHINK_FLA_AUTOTUNE"] = "quick"
-    if torch.cuda.is_available():
-        import fla.layers  # noqa: F401
-        from groundthink.ops.backend import limit_fla_autotuning
-
-        limit_fla_autotuning()
-    yield
-    if previous is None:
-        os.environ.pop("GROUNDTHINK_FLA_AUTOTUNE")
-    else:
-        os.environ["GROUNDTHINK_FLA_AUTOTUNE"] = previous
-
-
 def rel_err(actual, expected) -> float:
     actual, expected = actual.double().cpu(), expected.double().cpu()
     assert torch.isfinite(actual).all()
@@ -377,13 +357,14 @@ def test_model_cuda_matches_cpu(key, seq):
 # torch.compile takes a minute per model: the compiled step is checked on the hybrid only.
 @pytest.mark.parametrize("key,mode", [(key, "graph") for key in MODELS] + [("GF-MH", "compile")])
 def test_captured_step_matches_eager_step(key, mode):
-    from groundthink.training.cuda_graph import TrainStep, make_adamw
+    from groundthink.training.optim import make_adamw
+    from groundthink.training.step import TrainStep
 
     _, fast = model_pair(key)
     _, slow = model_pair(key)
     steps = {}
     for name, model, graph in (("fast", fast, True), ("eager", slow, False)):
-        optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+        optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=graph)
         steps[name] = TrainStep(model, optimizer, 3, 48, accumulation=2, amp_dtype=None, cuda_graph=graph,
                                 compile=(mode == "compile" and graph), warmup_steps=2)
     losses = {"fast": [], "eager": []}
@@ -400,10 +381,11 @@ def test_captured_step_matches_eager_step(key, mode):
 
 
 def test_learning_rate_change_reaches_the_captured_step():
-    from groundthink.training.cuda_graph import TrainStep, make_adamw, set_lr
+    from groundthink.training.optim import make_adamw, set_lr
+    from groundthink.training.step import TrainStep
 
     _, model = model_pair("GPT2")
-    optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+    optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=True)
     step = TrainStep(model, optimizer, 3, 48, warmup_steps=1)
     inputs, targets = (t.cuda() for t in tokens(3, 48))
     for _ in range(3):
@@ -431,7 +413,7 @@ def test_trainer_cuda_graph_trains_as_the_eager_trainer(tmp_path, monkeypatch):
                       "progress": False, "tensorboard": False, "cuda_graph": mode}}).validate()
         trainer = Trainer(config, tmp_path / mode)
         trainer.fit()
-        assert (trainer.graph_step is not None and trainer.graph_step.graph is not None) == (mode == "on")
+        assert (trainer.step_fn.graph is not None) == (mode == "on")
         losses[mode] = torch.tensor([r["loss"] for r in read_metrics(tmp_path / mode) if r["kind"] == "train"])
     assert len(losses["on"]) == 30 and losses["on"][-1] < losses["on"][0]
     check("trainer_cuda_graph.losses", losses["on"], losses["off"], 1e-2)

@@ -6,7 +6,6 @@ Marked ``gpu``: skipped without CUDA. The dry run (imports, module construction)
 import pytest
 import torch
 
-from test_gpu_fast_paths import quick_fla_autotuning  # noqa: F401  (autouse: FLA's autotuning cut here too)
 from training_utils import load_benchmark
 
 pytest.importorskip("triton")

@@ -39,7 +39,7 @@ def vocab_of(config) -> int:
 
 def estimate_row(config, repeats: int) -> dict:
     from groundthink.models.model import GroundThinkLM
-    from groundthink.training.evaluation import autocast_for
+    from groundthink.training.precision import autocast_for
     from groundthink.training.optim import build_optimizer
     from groundthink.devices import resolve_device
 

@@ -18,7 +18,7 @@ from groundthink.diagnostics.runlog import RunLog
 from groundthink.experiments.measure import FINAL_METRICS
 from groundthink.experiments.results import SweepTable
 from groundthink.experiments.spec import SweepSpec
-from groundthink.experiments.worker import read_json
+from groundthink.data.files import read_json
 
 
 def colors(count: int) -> list:

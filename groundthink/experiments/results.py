@@ -15,7 +15,8 @@ from pathlib import Path
 
 from groundthink.diagnostics import thresholds as T
 from groundthink.experiments.spec import SweepSpec
-from groundthink.experiments.worker import read_json, run_state
+from groundthink.data.files import read_json
+from groundthink.experiments.worker import run_state
 
 # Per-run numbers that are averaged over seeds, with how results.md prints them.
 METRICS = {

@@ -17,18 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from groundthink.data.files import read_json
 from groundthink.errors import UserError
 
 SWEEP_RUN = "sweep_run.json"
 SUMMARY = "summary.json"
 FINISHED = ("completed", "plateau", "diverged")   # statuses after which a run is never trained again
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def run_state(run_dir: Path) -> str:
@@ -81,7 +75,7 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
     from groundthink.data.files import atomic_write_text
     from groundthink.experiments.measure import FINAL_METRICS, final_measurements
     from groundthink.experiments.spec import Measure, build_config
-    from groundthink.training.evaluation import autocast_for
+    from groundthink.training.precision import autocast_for
     from groundthink.training.logging import clean
     from groundthink.training.hooks import TrainingDiverged
     from groundthink.devices import resolve_device

@@ -84,9 +84,6 @@ class ParallelHybridBlock(Block):
         self.fusion = build_fusion(cfg.fusion, cfg.hidden_size, cfg.gate_init)
         self.mamba_residual = cfg.mamba_residual
         self.rwkv_dropout = cfg.rwkv_dropout
-        # Set by a balance-regularizing trainer: keep the mean gate of the last forward, with its graph.
-        self.keep_gate = False
-        self.gate_mean: torch.Tensor | None = None
 
     def mix(self, h, state):
         out_rwkv, state_rwkv = self.rwkv6(h, None if state is None else state["rwkv6"])
@@ -99,10 +96,8 @@ class ParallelHybridBlock(Block):
         fused, gate = self.fusion(rwkv_normed, self.norm_mamba(out_mamba))
         if self.mamba_residual:
             fused = fused + self.mamba_residual * out_mamba
-        if gate is not None:
-            if self.record:
-                self.last_stats["gate_rwkv"] = gate.detach().float().mean()
-            self.gate_mean = gate.float().mean() if self.keep_gate else None
+        if gate is not None and self.record:
+            self.last_stats["gate_rwkv"] = gate.detach().float().mean()
         return fused, {"rwkv6": state_rwkv, "mamba2": state_mamba}
 
 
