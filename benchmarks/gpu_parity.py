@@ -282,9 +282,9 @@ def sum_cancellation(terms: torch.Tensor, dims) -> float:
 
 
 def import_kernels() -> None:
-    """Import FLA's layers (and every kernel module they use) before GroundThink checks FLA: its
-    ``GROUNDTHINK_FLA_AUTOTUNE=quick`` cut applies to the FLA modules loaded by then, and FLA's own layers run
-    first here (unquickened, their chunked kernels autotune for minutes per shape)."""
+    """Import FLA's layers (and every kernel module they use) before GroundThink checks FLA: its autotuner set-up
+    (the ``quick`` cut by default) applies to the FLA modules loaded by then, and FLA's own layers run first
+    here (untouched, their chunked kernels would autotune for minutes per shape)."""
     import fla.layers  # noqa: F401
     from groundthink.ops.backend import fla_available
 
