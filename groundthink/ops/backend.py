@@ -206,4 +206,11 @@ def switches() -> dict:
     """The switches that change what a measurement measures (recorded beside benchmark results)."""
     return {"fla_autotune": fla_autotune_mode(), "kernel_cache": kernel_cache_enabled(),
             "fused_ops": os.environ.get("GROUNDTHINK_FUSED_OPS") != "0",
+            "fused_layers": os.environ.get("GROUNDTHINK_FUSED_LAYERS") != "0",
             "fused_recurrent_max_len": fused_recurrent_max_len()}
+
+
+def fused_layer_kernels_wanted(x) -> bool:
+    """GroundThink's fused layer kernels (Mamba-2's input and output sides, RWKV-6's output side): where
+    ``fused_ops_wanted``, unless ``GROUNDTHINK_FUSED_LAYERS=0`` (FLA's kernels and PyTorch's ops instead)."""
+    return os.environ.get("GROUNDTHINK_FUSED_LAYERS") != "0" and fused_ops_wanted(x)
