@@ -86,19 +86,18 @@ def main(argv=None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="gt-ttr-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
+    result = {"device_name": device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", "benchmarks/time_to_result.py", *(argv or sys.argv[1:])]),
+              "cases": rows}
     for case in cases:
         caches = work / f"cache-{case}"
         shutil.rmtree(caches, ignore_errors=True)  # cold: nothing compiled, tuned or checked yet
         for cache in args.cache.split(","):
             rows.append(run_case(case, cache, caches, work, Path(args.data).resolve(), args.sweep_parallel,
                                  args.extra, lambda line: print(line, flush=True)))
-    result = {"device_name": device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", "benchmarks/time_to_result.py", *(argv or sys.argv[1:])]),
-              "cases": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(rows, indent=1))
+            if args.json:  # after every case: a run cut short by a time limit keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0 if all(r["exit_status"] == 0 for r in rows) else 1
 
 

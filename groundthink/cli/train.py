@@ -5,6 +5,7 @@ import signal
 import time
 from pathlib import Path
 
+import groundthink
 from groundthink.errors import UserError
 
 # Common flags and the config field each one sets (the seeds' spellings --batch_size / --seq_len work too).
@@ -93,6 +94,7 @@ def fit(args, config, run_dir, hooks=()) -> int:
     from groundthink.training.launch import make_trainer, peer_failures_explained
 
     trainer = make_trainer(config, run_dir, resume=bool(args.resume), hooks=hooks)  # one rank's under torchrun
+    trainer.clock.add_before_start("startup", groundthink.IMPORTED_AT)  # this process's imports and parsing
     run_dir = trainer.run_dir
     with peer_failures_explained(trainer):
         summary = trainer.fit()

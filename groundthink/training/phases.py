@@ -1,5 +1,6 @@
-"""Where a run's wall time goes: a clock per phase (setup, kernel compilation, graph capture, steps,
-evaluation, checkpoints), printed at the end of a run and written to ``summary.json``.
+"""Where a run's wall time goes: a clock per phase (startup: the process's imports before the run; setup:
+data, model, optimizer; kernel compilation; graph capture; steps; evaluation; checkpoints), printed at the
+end of a run and written to ``summary.json``.
 
 Phases nest by subtraction: a phase started inside another pauses the outer one, so the phases add up to
 the wall time between the clock's start and ``report()`` (the rest is ``other``).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-PHASES = ("setup", "compile", "capture", "steps", "eval", "checkpoint", "other")
+PHASES = ("startup", "setup", "compile", "capture", "steps", "eval", "checkpoint", "other")
 
 
 class PhaseClock:
@@ -33,6 +34,12 @@ class PhaseClock:
             self.seconds[name] += now - since
             if self._stack:
                 self._stack[-1] = (self._stack[-1][0], now)
+
+    def add_before_start(self, name: str, since: float) -> None:
+        """Charge the time from ``since`` (a ``perf_counter`` reading before the clock started) to ``name``."""
+        seconds = max(self.started - since, 0.0)
+        self.seconds[name] += seconds
+        self.started -= seconds
 
     def move(self, seconds: float, source: str, target: str) -> None:
         """Re-attribute time measured inside ``source`` (e.g. the first step's kernel compilation)."""
