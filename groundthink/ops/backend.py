@@ -67,12 +67,62 @@ def fla_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import fla.ops.rwkv6  # noqa: F401  (fla's __init__ loads all of FLA: every autotuner exists after it)
-        import fla.ops.simple_gla  # noqa: F401
+        import_fla_kernels()
     except Exception:  # a broken Triton install must not break the CPU path
         return False
     prepare_fla_autotuners(fla_autotune_mode(), autotune_results_on_disk())
     return True
+
+
+# The FLA modules whose kernels GroundThink calls (ops/*.py); their autotuners are set up together.
+FLA_KERNEL_MODULES = ("fla.utils", "fla.ops.rwkv6", "fla.ops.simple_gla", "fla.ops.gla", "fla.ops.common.chunk_o",
+                      "fla.modules.norm.layernorm", "fla.modules.norm.layernorm_gated", "fla.modules.token_shift",
+                      "fla.modules.causal_conv1d")
+FLA_PACKAGES = ("fla", "fla.ops", "fla.modules")
+
+
+def import_fla_kernels() -> None:
+    """Import FLA's kernels without FLA's model zoo.
+
+    ``fla/__init__.py`` imports every FLA layer and model (and with them transformers and scikit-learn),
+    ``fla/ops/__init__.py`` every op and ``fla/modules/__init__.py`` Inductor: ~10 s of a run's start on the
+    GPU machine, for kernels that need none of it. Where these packages are not loaded yet, each is registered
+    bare (its folder and version), so the submodules below load alone; the package's own ``__init__`` runs
+    the first time something asks the package for a name it does not have (``from fla.layers import ...``
+    and ``import fla; fla.X`` work as before).
+    """
+    import sys
+
+    root = Path(next(iter(importlib.util.find_spec("fla").submodule_search_locations)))
+    for name in FLA_PACKAGES:
+        if name not in sys.modules:
+            sys.modules[name] = _bare_package(name, root.joinpath(*name.split(".")[1:]))
+    for module in FLA_KERNEL_MODULES:
+        importlib.import_module(module)
+
+
+def _bare_package(name: str, folder: Path):
+    import types
+    from importlib import metadata
+
+    package = types.ModuleType(name)
+    package.__path__ = [str(folder)]
+    package.__file__ = str(folder / "__init__.py")
+    package.__package__ = name
+    if name == "fla":
+        package.__version__ = metadata.version("flash-linear-attention")
+
+    def complete(attribute: str):
+        """PEP 562: a name the package's ``__init__`` defines runs that ``__init__`` (once) into this module."""
+        if attribute.startswith("__") or package.__dict__.get("_completed"):
+            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
+        package._completed = True
+        source = (folder / "__init__.py").read_text(encoding="utf-8")
+        exec(compile(source, str(folder / "__init__.py"), "exec"), package.__dict__)
+        return getattr(package, attribute)
+
+    package.__getattr__ = complete
+    return package
 
 
 def autotune_results_on_disk() -> bool:

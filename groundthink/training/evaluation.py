@@ -37,9 +37,12 @@ def evaluate_model(model, val_windows: torch.Tensor, train_windows: torch.Tensor
         metrics["grad_ratio"] = grad_ratio
     was_training = model.training
     model.eval()
-    metrics.update(record_balance(model, val_windows[:batch_size, :-1].to(device)))
-    if task is not None:
-        metrics.update(task.evaluate(model, device, batch_size))
+    # In the run's precision, as the loss above: the kernels are the ones training compiled (a float32 pass
+    # on a GPU would compile, and on Hopper self-check, a second set).
+    with autocast():
+        metrics.update(record_balance(model, val_windows[:batch_size, :-1].to(device)))
+        if task is not None:
+            metrics.update(task.evaluate(model, device, batch_size))
     model.train(was_training)
     return metrics
 
