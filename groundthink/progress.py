@@ -73,22 +73,24 @@ class Progress:
 
     ``bar``: None = a tqdm bar when ``stream`` is a usable terminal; False = plain lines always. ``interval``:
     seconds between plain lines (0: a line at every update, no timer). ``closing_line``: print the total
-    time at ``close()`` (plain lines only). Use as a context manager, or call ``close()``.
+    time at ``close()`` (plain lines only). ``quiet``: print nothing; the caller shows ``status()`` itself.
+    Use as a context manager, or call ``close()``.
     """
 
     def __init__(self, total: float, desc: str, unit: str = "it", initial: float = 0, stream=None,
-                 bar: bool | None = None, interval: float = PLAIN_INTERVAL_S, closing_line: bool = True):
+                 bar: bool | None = None, interval: float = PLAIN_INTERVAL_S, closing_line: bool = True,
+                 quiet: bool = False):
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.desc, self.unit = total, desc, unit
         self.n, self.start_n, self.postfix = initial, initial, ""
-        self.interval, self.closing_line = interval, closing_line
+        self.interval, self.closing_line, self.quiet = interval, closing_line, quiet
         self.started = time.perf_counter()
         self.last_line = None           # when the last plain line was printed (None: not yet)
         self.closed = False
         self.lock = threading.RLock()
         self.bar = None
         if bar is None:
-            bar = usable_terminal(self.stream)
+            bar = not quiet and usable_terminal(self.stream)
         if bar:
             from tqdm import tqdm
 
@@ -100,7 +102,7 @@ class Progress:
                                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._stop = threading.Event()
         self._timer = None
-        if self.bar is None and interval > 0:
+        if self.bar is None and interval > 0 and not quiet:
             self._timer = threading.Thread(target=self._beat, name=f"progress:{desc}", daemon=True)
             self._timer.start()
             atexit.register(self.close)  # a timer never prints into an interpreter that is shutting down
@@ -111,7 +113,7 @@ class Progress:
             self.n += n
             if self.bar is not None:
                 self.bar.update(n)
-            elif self.last_line is None or time.perf_counter() - self.last_line >= self.interval:
+            elif not self.quiet and (self.last_line is None or time.perf_counter() - self.last_line >= self.interval):
                 self._line()
 
     def set_total(self, total: float) -> None:
@@ -185,7 +187,7 @@ class Progress:
             self._stop.set()
             if self.bar is not None:
                 self.bar.close()
-            elif self.closing_line:
+            elif self.closing_line and not self.quiet:
                 print(f"{self.desc}: {format_count(self.n)} {self.unit} in {format_duration(self.elapsed())} "
                       f"({format_rate(self.rate(), self.unit)})" + (f"; {self.postfix}" if self.postfix else ""),
                       file=self.stream, flush=True)

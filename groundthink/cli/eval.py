@@ -81,9 +81,12 @@ def run(args) -> int:
 
 
 def result_text(result: dict, width: int = 100) -> str:
-    """One line when it fits ``width`` columns; else the run folder, the numbers and the data on their own."""
+    """One line when it fits ``width`` columns; else the data on a line of its own (and the run folder too,
+    when it is long)."""
     extra = f", recall accuracy {result['recall_acc']:.1%}" if "recall_acc" in result else ""
     numbers = f"{result['checkpoint']}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}{extra}"
     data = f"({result['windows']} windows of {result['seq_len']} tokens of {result['data']})"
-    line = f"{result['run_dir']} {numbers} {data}"
-    return line if len(line) <= width else f"{result['run_dir']}\n  {numbers}\n  {data}"
+    line = f"{result['run_dir']} {numbers}"
+    if len(line) + 1 + len(data) <= width:
+        return f"{line} {data}"
+    return f"{line}\n  {data}" if len(line) <= width else f"{result['run_dir']}\n  {numbers}\n  {data}"

@@ -106,11 +106,14 @@ def run(args) -> int:
 
 
 def fit(args, config, run_dir) -> int:
+    from groundthink.diagnostics.curves import save_run_curves
     from groundthink.training.distributed import make_trainer
 
     trainer = make_trainer(config, run_dir, resume=bool(args.resume))  # a DistributedTrainer under torchrun
     run_dir = trainer.run_dir
     summary = trainer.fit()
+    if trainer.is_main:
+        save_run_curves(run_dir)  # RUN_DIR/curves.png; a plot that fails is a warning, never a failed run
     if summary["status"] == "interrupted":
         return 128 + (signal.SIGTERM if summary.get("signal") == "SIGTERM" else signal.SIGINT)
     if not trainer.is_main:

@@ -1,6 +1,7 @@
 """Training curves from ``metrics.jsonl``: train and val loss, learning rate, grad norm and every balance
 metric the run logged, over steps; one run (``RUN_DIR/curves.png`` after ``groundthink train``) or several
-overlaid (``groundthink plot``). Drawn on matplotlib's Agg canvas through ``Figure`` (no pyplot).
+overlaid (``groundthink plot``). Drawn on matplotlib's Agg canvas through ``Figure`` (no pyplot, no global
+backend).
 
 Panels appear only for what at least one run logged: train records (``kind: train``) give the step-by-step
 lines, eval records (``kind: eval``) the points every ``eval_every`` steps (drawn with markers, so a short
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from groundthink.diagnostics import thresholds as T
 from groundthink.diagnostics.runlog import RunLog
@@ -102,8 +101,11 @@ def draw_panel(axes, panel: Panel, runs: list[tuple[str, RunLog]], colors: list)
     finite = [v for line in panel.lines for _, log in runs for v in line.series(log)[1] if math.isfinite(v)]
     span = finite + list(panel.band or ())
     if panel.log_scale and finite and min(span) > 0 and max(span) >= 10 * min(span):  # a decade or more
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         axes.set_yscale("log")
-        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        few_decades = max(span) < 1000 * min(span)
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if few_decades else (1.0,)))
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axes.yaxis.set_minor_formatter(NullFormatter())
     axes.set_title(panel.title, fontsize="medium")
@@ -115,6 +117,10 @@ def draw_panel(axes, panel: Panel, runs: list[tuple[str, RunLog]], colors: list)
 
 def plot_curves(runs: list[tuple[str, RunLog]], path, title: str | None = None) -> Path | None:
     """Draw ``runs`` (label, log) into ``path``; None (nothing written) when no run logged a number."""
+    # matplotlib is imported here, not at the top, so that save_run_curves turns even a broken install
+    # into a warning (the trainer's command imports this module before it trains).
+    from matplotlib.figure import Figure
+
     logs = [log for _, log in runs]
     chosen = panels_for(logs)
     if not chosen:
