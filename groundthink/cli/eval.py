@@ -55,7 +55,6 @@ def run(args) -> int:
     loaded = load_run(args.run, which=args.which)
     device = resolve_device(args.device)
     seq_len = loaded.config.train.seq_len
-    announce(f"eval: {loaded.run_dir} {loaded.checkpoint.name} (step {loaded.step}): reading the data")
     tokens, name, bundle = eval_tokens(loaded, args.data)
     check_window(tokens, seq_len, "evaluation")
     windows = consecutive_windows(tokens, seq_len, max_windows)
@@ -64,7 +63,8 @@ def run(args) -> int:
     # The work is the tokens the model reads: every window, then the task's own batches (recall).
     task_ids = getattr(task, "ids", None)
     total = len(windows) * seq_len + (0 if task_ids is None else task_ids[:, :-1].numel())
-    announce(f"eval: {len(windows):,} windows of {seq_len} tokens of {name} on {device}")
+    announce(f"eval: {loaded.run_dir} {loaded.checkpoint.name} (step {loaded.step}): {len(windows):,} windows of "
+             f"{seq_len} tokens of {name} on {device}")
     with Progress(total, "eval", unit="tok") as progress, count_model_tokens(model, progress, backward_weight=0):
         with torch.no_grad():
             loss = evaluate_loss(model, windows, loaded.config.train.batch_size, device)

@@ -118,7 +118,10 @@ def run_with_progress(probe: Probe, functions: list, progress: Progress | None) 
     results = []
     for function in functions:
         if progress is not None:
-            progress.set_postfix(f"{getattr(function, 'suite_id', '')} {getattr(function, 'suite_name', '')}")
+            suite_id = getattr(function, "suite_id", "")
+            note = (f" (at most {probe.options.overfit_steps} steps, often fewer: the ETA is an upper bound)"
+                    if suite_id == "OVF" else "")
+            progress.set_postfix(f"{suite_id} {getattr(function, 'suite_name', '')}{note}")
         result = run_suites(probe, [function])[0]
         steps = len((result.data or {}).get("losses", [])) if result.id == "OVF" else 0
         if progress is not None and steps and steps < probe.options.overfit_steps:

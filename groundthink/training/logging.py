@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from groundthink.data.files import atomic_write_text
-from groundthink.progress import Progress
+from groundthink.progress import Progress, usable_terminal
 
 METRICS = "metrics.jsonl"
 
@@ -74,16 +75,20 @@ def truncate_metrics(run_dir, step: int) -> None:
 
 
 class Console:
-    """Training progress over the steps (count, rate, ETA; stderr) plus one printed line per evaluation
-    (stdout), through ``groundthink.progress``.
+    """Training progress over the steps (count, rate, ETA) plus one printed line per evaluation (stdout),
+    through ``groundthink.progress``.
 
-    On a usable terminal a tqdm bar whose postfix is the latest train line. Without one (a pipe, a file, a
-    zero-width pseudo-terminal) or with ``enabled=False`` (``train.progress: false``): plain status lines
-    at a steady cadence, each with the latest loss, so a log is never silent for long and never floods.
+    On a usable terminal a tqdm bar (stderr) whose postfix is the latest train line. Without one (a pipe, a
+    file, a zero-width pseudo-terminal) or with ``enabled=False`` (``train.progress: false``): plain status
+    lines on stdout at a steady cadence, each with the latest loss: a log is never silent for long and
+    never floods.
     """
 
     def __init__(self, total: int, initial: int, enabled: bool = True):
-        self.progress = Progress(total, "train", unit="steps", initial=initial, bar=None if enabled else False)
+        bar = enabled and usable_terminal(sys.stderr)
+        # Plain lines go to stdout with the eval lines: stderr stays for errors (one line each).
+        self.progress = Progress(total, "train", unit="steps", initial=initial, bar=bar,
+                                 stream=sys.stderr if bar else sys.stdout)
 
     def advance(self) -> None:
         self.progress.update(1)
