@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -45,9 +46,9 @@ def usable_terminal(stream) -> bool:
 
 def format_duration(seconds: float | None) -> str:
     """``0:42``, ``12:05``, ``3:02:10``; ``?`` when unknown."""
-    if seconds is None or seconds != seconds or seconds == float("inf"):
+    if seconds is None or not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
@@ -111,6 +112,8 @@ class Progress:
     def update(self, n: float = 1) -> None:
         with self.lock:
             self.n += n
+            if self.closed:
+                return
             if self.bar is not None:
                 self.bar.update(n)
             elif not self.quiet and (self.last_line is None or time.perf_counter() - self.last_line >= self.interval):

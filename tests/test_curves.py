@@ -11,7 +11,7 @@ from groundthink.cli.eval import result_text
 from groundthink.cli.main import main
 from groundthink.diagnostics import plots
 from groundthink.diagnostics.analyses import ANALYSES
-from groundthink.diagnostics.curves import panels_for, plot_curves, save_run_curves
+from groundthink.diagnostics.curves import panels_for, save_run_curves
 from groundthink.diagnostics.probe import DiagnoseOptions, Probe
 from groundthink.diagnostics.report import balance_metrics, format_table, planned_tokens, run_with_progress
 from groundthink.diagnostics.runlog import RunLog

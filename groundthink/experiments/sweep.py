@@ -29,8 +29,8 @@ from pathlib import Path
 
 from groundthink.errors import UserError
 from groundthink.experiments.spec import RunSpec, SweepSpec, check_data
-from groundthink.experiments.worker import SWEEP_RUN, StopFlag, execute_run, read_json, run_state
 from groundthink.experiments.tracking import Tracker
+from groundthink.experiments.worker import SWEEP_RUN, StopFlag, execute_run, read_json, run_state
 from groundthink.progress import announce
 
 SWEEP_RECORD = "sweep.json"
