@@ -1,4 +1,5 @@
-"""A run's ``metrics.jsonl``, read for the balance-over-training plot and for G3 (the run's own training).
+"""A run's ``metrics.jsonl``, read for the training curves, the balance-over-training plot and G3 (the
+run's own training).
 
 One JSON object per line, each with a ``step`` and a ``kind``: ``train`` lines carry the train loss and
 the grad norm, ``eval`` lines ``val_loss`` and the balance metrics (``grad_ratio``, ``gate_rwkv``, ...),
