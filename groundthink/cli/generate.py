@@ -37,6 +37,7 @@ def run(args) -> int:
     from groundthink.inference.compile import COMPILE_MODES
     from groundthink.inference.generate import TextStream, generate_tokens
     from groundthink.inference.sampling import check_sampling
+    from groundthink.progress import Progress
     from groundthink.training.checkpoint import load_run
 
     try:
@@ -64,13 +65,19 @@ def run(args) -> int:
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     start = time.perf_counter()
+    # Text streamed to a terminal shows its own progress; written to a file or a pipe, stderr shows it.
+    progress = Progress(args.max_new_tokens, "generate", unit="tok", closing_line=False,
+                        quiet=sys.stdout.isatty())
     try:
         for token in tokens:
             count += 1
             sys.stdout.write(stream.push(int(token[0])))
             sys.stdout.flush()
+            progress.update(1)
     except ValueError as err:  # e.g. the GPT baseline's position limit
         raise UserError(str(err)) from None
+    finally:
+        progress.close()
     sys.stdout.write(stream.flush() + "\n")
     elapsed = time.perf_counter() - start
     print(f"[{count} tokens in {elapsed:.2f}s, {count / max(elapsed, 1e-9):.1f} tok/s, {loaded.model.config.n_layers}"

@@ -21,6 +21,7 @@ COMMANDS = {
     "diagnose": "groundthink.cli.diagnose",
     "bench": "groundthink.cli.bench",
     "sweep": "groundthink.cli.sweep",
+    "plot": "groundthink.cli.plot",
 }
 
 

@@ -91,6 +91,7 @@ def run(args, hooks=()) -> int:
 
 
 def fit(args, config, run_dir, hooks=()) -> int:
+    from groundthink.diagnostics.curves import save_run_curves
     from groundthink.training.launch import make_trainer, peer_failures_explained
 
     trainer = make_trainer(config, run_dir, resume=bool(args.resume), hooks=hooks)  # one rank's under torchrun
@@ -98,6 +99,8 @@ def fit(args, config, run_dir, hooks=()) -> int:
     run_dir = trainer.run_dir
     with peer_failures_explained(trainer):
         summary = trainer.fit()
+    if trainer.is_main:
+        save_run_curves(run_dir)  # RUN_DIR/curves.png; a plot that fails is a warning, never a failed run
     if summary["status"] == "interrupted":
         return 128 + (signal.SIGTERM if summary.get("signal") == "SIGTERM" else signal.SIGINT)
     if not trainer.is_main:

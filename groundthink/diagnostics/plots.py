@@ -10,6 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from groundthink.diagnostics import curves
 from groundthink.diagnostics import thresholds as T
 
 COLORS = {"rwkv": "#1f77b4", "mamba": "#ff7f0e"}
@@ -19,8 +20,8 @@ def _finite(values) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
+def _save(figure: Figure, path: Path, top: float = 1.0) -> Path:
+    figure.tight_layout(rect=(0, 0, 1, top))  # top < 1: room for a suptitle
     figure.savefig(path, dpi=100)
     return path
 
@@ -112,31 +113,33 @@ def loss_by_position(long_context: dict, evolution: dict | None, path: Path) -> 
     return _save(figure, path)
 
 
+# Balance over training: the step log's lines (train loss, grad norm) with the evaluations' points.
+BALANCE_PANELS = (
+    curves.Panel("loss", (curves.Line("train", "loss", "train (step log)"), curves.Line("eval", "val_loss", "val"))),
+    curves.Panel("grad norm (step log, before clipping)", (curves.Line("train", "grad_norm", "grad norm"),),
+                 log_scale=True),
+    curves.Panel("grad_ratio", (curves.Line("eval", "grad_ratio", "grad_ratio"),), log_scale=True,
+                 band=(T.G4_GRAD_RATIO.pass_lo, T.G4_GRAD_RATIO.pass_hi)),
+    curves.Panel("gate_rwkv", (curves.Line("eval", "gate_rwkv", "gate_rwkv"),)),
+    curves.Panel("activation variance", (curves.Line("eval", "act_var_rwkv", "rwkv"),
+                                         curves.Line("eval", "act_var_mamba", "mamba")), log_scale=True),
+)
+
+
 def training_balance(run_log, path: Path) -> Path | None:
-    """From the run's metrics.jsonl: val loss, grad_ratio (with G4's band), gate_rwkv and the branches'
-    activation variances over training."""
-    panels = [(keys, label) for keys, label in ((("val_loss",), "val loss"), (("grad_ratio",), "grad_ratio"),
-                                                (("gate_rwkv",), "gate_rwkv"),
-                                                (("act_var_rwkv", "act_var_mamba"), "activation variance"))
-              if any(run_log.has(key) for key in keys)]
+    """From the run's metrics.jsonl: train loss and grad norm at every logged step, with the val loss,
+    grad_ratio (with G4's band), gate_rwkv and the branches' activation variances at each evaluation."""
+    panels = [panel for panel in BALANCE_PANELS if panel.drawn([run_log])]
     if not panels:
         return None
     figure = Figure(figsize=(6.5, 2.6 * len(panels)))
-    for row, (keys, label) in enumerate(panels):
+    last_step = max((r["step"] for r in run_log.records), default=1)
+    for row, panel in enumerate(panels):
         axes = figure.add_subplot(len(panels), 1, row + 1)
-        for key in keys:
-            steps, values = run_log.eval_series(key)
-            short = key.rsplit("_", 1)[-1]
-            axes.plot(steps, values, marker=".", label=short if len(keys) > 1 else None, color=COLORS.get(short))
-        if keys == ("grad_ratio",):
-            axes.axhspan(T.G4_GRAD_RATIO.pass_lo, T.G4_GRAD_RATIO.pass_hi, color="green", alpha=0.12, label="G4 PASS")
-        if len(keys) > 1 and any(v > 0 for k in keys for v in _finite(run_log.eval_series(k)[1])):
-            axes.set_yscale("log")
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend()
-        axes.set(xlabel="step", ylabel=label)
+        curves.draw_panel(axes, panel, [("run", run_log)], [None])
+        axes.set_xlim(0, last_step * 1.02)
     figure.suptitle("Balance over training")
-    return _save(figure, path)
+    return _save(figure, path, top=1 - 0.3 / figure.get_figheight())
 
 
 def token_types(data: dict, path: Path) -> Path | None:

@@ -5,8 +5,10 @@ model built in Python (``get_model(...)``) and a token tensor are enough.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from groundthink.diagnostics.probe import DiagnoseOptions, Probe
 from groundthink.diagnostics.runlog import RunLog
 from groundthink.diagnostics.suites import SUITES, SuiteResult, fmt, run_suites
 from groundthink.diagnostics.thresholds import STATUSES
+from groundthink.progress import BACKWARD_WEIGHT, Progress, announce, count_model_tokens
+
+TABLE_WIDTH = 100     # the terminal table wraps its value and threshold cells to fit
+VALUE_WIDTH = 30
 
 
 BALANCE_NAMES = ("grad_ratio", "gate_rwkv", "act_var_rwkv", "act_var_mamba", "state_norm_rwkv",
@@ -44,11 +50,19 @@ class Diagnosis:
                        "results": [r.to_dict() for r in self.results], "files": [str(f) for f in self.files]})
 
 
-def format_table(results: list[SuiteResult]) -> str:
+def format_table(results: list[SuiteResult], width: int = TABLE_WIDTH) -> str:
+    """id, check, status, value, threshold; the last two wrap onto further lines to fit ``width``."""
     rows = [("id", "check", "status", "value", "threshold")]
     rows += [(r.id, r.name, r.status, r.value_text or "-", r.threshold or "-") for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths.append(min(VALUE_WIDTH, max(len(row[3]) for row in rows)))
+    widths.append(max(12, width - sum(widths) - 2 * len(widths)))
+    lines = []
+    for row in rows:
+        cells = [[cell] for cell in row[:3]] + [textwrap.wrap(cell, w) or [""] for cell, w in zip(row[3:], widths[3:])]
+        for depth in range(max(len(c) for c in cells)):
+            parts = [c[depth] if depth < len(c) else "" for c in cells]
+            lines.append("  ".join(part.ljust(w) for part, w in zip(parts, widths)).rstrip())
     lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)
 
@@ -75,23 +89,70 @@ def balance_metrics(probe: Probe) -> dict:
     return metrics
 
 
+def planned_tokens(probe: Probe) -> float:
+    """The tokens the default suites and analyses feed the model (a backward pass adds BACKWARD_WEIGHT times
+    its tokens), from the options: the total of diagnose's progress. It follows the probe's passes (for a
+    hybrid it matches the count exactly, the overfit check at its step limit); fresh models built for G2
+    and the reload check are not counted."""
+    options, length = probe.options, probe.seq_len
+    batch, train = options.batch_size * length, 1 + BACKWARD_WEIGHT
+    total = batch * (1 + train + 1 + 1 + 3)          # the batch; its gradient; recorded; S4; SPD's repeats
+    total += options.long_sequences * probe.long_len  # the long-context pass (D1, EVO, LC)
+    if probe.recurrent:
+        total += (2 + options.variety_samples + 16) * length   # S2, D2, EVO's 4 x 4 windows
+    if probe.hybrid:
+        zeroed = sum(b in layer.branches for layer in probe.model.layers for b in probe.branches)
+        total += batch * (2 + zeroed)                 # each branch zeroed everywhere, then per layer
+    total += options.train_steps * options.train_batch_size * length * train
+    return total + options.overfit_steps * overfit_step_tokens(probe)
+
+
+def overfit_step_tokens(probe: Probe) -> float:
+    length = min(probe.options.overfit_seq_len, probe.tokens.numel() - 1)
+    return probe.options.overfit_samples * length * (1 + BACKWARD_WEIGHT)
+
+
+def run_with_progress(probe: Probe, functions: list, progress: Progress | None) -> list[SuiteResult]:
+    """``run_suites``, one at a time, naming each on the progress; the overfit check may stop early, and
+    then the steps it did not need come off the total."""
+    results = []
+    for function in functions:
+        if progress is not None:
+            suite_id = getattr(function, "suite_id", "")
+            note = (f" (at most {probe.options.overfit_steps} steps, often fewer: the ETA is an upper bound)"
+                    if suite_id == "OVF" else "")
+            progress.set_postfix(f"{suite_id} {getattr(function, 'suite_name', '')}{note}")
+        result = run_suites(probe, [function])[0]
+        steps = len((result.data or {}).get("losses", [])) if result.id == "OVF" else 0
+        if progress is not None and steps and steps < probe.options.overfit_steps:
+            progress.set_total(progress.total - (probe.options.overfit_steps - steps) * overfit_step_tokens(probe))
+        results.append(result)
+    return results
+
+
 def diagnose(model, tokenizer=None, val_tokens=None, run_dir=None, out_dir=None,
              options: DiagnoseOptions | None = None, step: int | None = None,
-             suites=None, analyses=None, reload=None) -> Diagnosis:
+             suites=None, analyses=None, reload=None, progress: bool = True) -> Diagnosis:
     """Run every suite (S0-S4, G1-G4, D1-D4) and analysis on ``model`` with ``val_tokens`` (1-D token ids;
     None = uniform random tokens, as the seeds' probes used). ``run_dir``: the run folder, whose
     ``metrics.jsonl`` feeds G3 and the balance-over-training plot. ``out_dir``: where report.md,
     diagnosis.json and the PNG plots go (None: write nothing). ``reload``: ``() -> model`` loading the same
-    weights afresh (the run's checkpoint) for the reload check; default: a safetensors round trip."""
+    weights afresh (the run's checkpoint) for the reload check; default: a safetensors round trip.
+    ``progress``: show progress on stderr (a bar on a terminal, else status lines with an ETA)."""
     options = options or DiagnoseOptions()
     run_log = RunLog.read(Path(run_dir) / "metrics.jsonl") if run_dir is not None else RunLog([])
     was_training = model.training
     model.eval()
     try:
         probe = Probe(model, val_tokens, tokenizer=tokenizer, run_log=run_log, options=options, reload=reload)
-        results = run_suites(probe, SUITES if suites is None else suites)
-        results += run_suites(probe, ANALYSES if analyses is None else analyses)
-        metrics = balance_metrics(probe)
+        with contextlib.ExitStack() as stack:
+            shown = None
+            if progress:  # counted in the tokens the model reads, so the ETA covers every kind of pass
+                shown = stack.enter_context(Progress(planned_tokens(probe), "diagnose", unit="tok"))
+                stack.enter_context(count_model_tokens(model, shown))
+            results = run_with_progress(probe, SUITES if suites is None else suites, shown)
+            results += run_with_progress(probe, ANALYSES if analyses is None else analyses, shown)
+            metrics = balance_metrics(probe)
     finally:
         model.train(was_training)
     config = model.config
@@ -106,6 +167,8 @@ def diagnose(model, tokenizer=None, val_tokens=None, run_dir=None, out_dir=None,
     }
     diagnosis = Diagnosis(results, metrics, info)
     if out_dir is not None:
+        if progress:
+            announce(f"diagnose: writing report.md, diagnosis.json and plots to {out_dir}")
         write_outputs(diagnosis, probe, Path(out_dir))
     return diagnosis
 

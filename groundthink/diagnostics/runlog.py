@@ -1,4 +1,5 @@
-"""A run's ``metrics.jsonl``, read for the balance-over-training plot and for G3 (the run's own training).
+"""A run's ``metrics.jsonl``, read for the training curves, the balance-over-training plot and G3 (the
+run's own training).
 
 One JSON object per line, each with a ``step`` and a ``kind``: ``train`` lines carry the train loss and
 the grad norm, ``eval`` lines ``val_loss`` and the balance metrics (``grad_ratio``, ``gate_rwkv``, ...),
@@ -44,7 +45,7 @@ class RunLog:
                 continue
             for key in keys:
                 value = record.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if _is_number(value):
                     steps.append(float(record["step"]))
                     values.append(float(value))
                     break
@@ -59,9 +60,31 @@ class RunLog:
     def eval_series(self, key: str) -> tuple[list[float], list[float]]:
         return self.series(key, kind="eval")
 
+    def ratio_series(self, top: str, bottom: str, kind: str = "eval") -> tuple[list[float], list[float]]:
+        """(steps, top / bottom) over the records that have both as numbers (bottom non-zero)."""
+        steps, values = [], []
+        for record in self.records:
+            a, b = record.get(top), record.get(bottom)
+            if record.get("kind", kind) == kind and _is_number(a) and _is_number(b) and b != 0:
+                steps.append(float(record["step"]))
+                values.append(float(a) / float(b))
+        return steps, values
+
+    def numeric_keys(self, kind: str) -> list[str]:
+        """The scalar numbers the records of ``kind`` carry, in first-seen order (lists, e.g. per layer, not)."""
+        keys: dict[str, None] = {}
+        for record in self.records:
+            if record.get("kind") == kind:
+                keys.update((k, None) for k, v in record.items() if k != "step" and _is_number(v))
+        return list(keys)
+
     def has(self, key: str) -> bool:
         return bool(self.eval_series(key)[0])
 
     def last(self, key: str) -> float | None:
         values = [v for v in self.eval_series(key)[1] if not math.isnan(v)]
         return values[-1] if values else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

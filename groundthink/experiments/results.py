@@ -254,6 +254,27 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+TERMINAL_WIDTH = 100
+TERMINAL_COLUMNS = (("final val loss", "final_val_loss"), ("grad_ratio", "grad_ratio"), ("gate_rwkv", "gate_rwkv"),
+                    ("Mamba share", "ablation_share_mamba"), ("tok/s", "tok_per_s"))
+
+
+def terminal_table(table: SweepTable, width: int = TERMINAL_WIDTH) -> str:
+    """The rows' headline numbers for the console, at most ``width`` columns (long labels are cut, with
+    ``~``); results.md has every column."""
+    header = ["row", "n", *(title for title, _ in TERMINAL_COLUMNS)]
+    rows = [[row["label"], f"{row['n']}/{row['runs']}", *(cell(row, metric) for _, metric in TERMINAL_COLUMNS)]
+            for row in table.rows]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    widths[0] = max(8, min(widths[0], width - sum(widths[1:]) - 2 * (len(widths) - 1)))
+    lines = []
+    for cells in [header, *rows]:
+        first = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 1] + "~"
+        lines.append("  ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]))
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def write_results(spec: SweepSpec, table: SweepTable, results_dir: Path, out: Path) -> list[Path]:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from pathlib import Path
 from groundthink.data.files import read_json
 from groundthink.errors import UserError
 from groundthink.experiments.spec import RunSpec, SweepSpec, check_data
+from groundthink.experiments.tracking import Tracker
 from groundthink.experiments.worker import SWEEP_RUN, StopFlag, execute_run, run_state
+from groundthink.progress import announce
 
 SWEEP_RECORD = "sweep.json"
 EXCLUDED_FROM_PACK = ("checkpoints", "tensorboard")
@@ -147,6 +150,7 @@ def result_line(item: Planned, result: dict) -> str:
 
 def run_in_process(spec: SweepSpec, todo: list[Planned], budget: Budget, log) -> dict[str, int]:
     counts = collections.Counter()
+    tracker = Tracker(spec, todo, console=False)  # each run's trainer shows its own progress meanwhile
     with StopFlag() as stop:
         for index, item in enumerate(todo):
             if stop.set or not budget.allows_another():
@@ -161,6 +165,7 @@ def run_in_process(spec: SweepSpec, todo: list[Planned], budget: Budget, log) ->
             counts[result["status"]] += 1
             budget.finished(result.get("seconds", 0.0))
             log(result_line(item, result))
+            log(tracker.finished(item))
             if result["status"] not in ("completed", "diverged", "failed"):
                 stop.signal = stop.signal or signal.SIGINT  # the trainer took the signal: stop the sweep too
     return dict(counts, signal=stop.signal or 0)
@@ -222,6 +227,10 @@ def run_in_workers(spec: SweepSpec, todo: list[Planned], parallel: int, budget: 
     selector = selectors.DefaultSelector()
     workers: list[WorkerProcess] = []
     started = 0
+    tracker = Tracker(spec, todo, console=log is print)  # the runs' own output goes to their train.log
+    if log is print:
+        log = tracker.progress.write  # lines above the bar
+    polled = time.perf_counter()
     with StopFlag() as stop:
         def feed(worker: WorkerProcess) -> None:
             nonlocal started
@@ -244,6 +253,9 @@ def run_in_workers(spec: SweepSpec, todo: list[Planned], parallel: int, budget: 
                 if stop.set:
                     for worker in workers:
                         worker.terminate_run()
+                if time.perf_counter() - polled >= Tracker.POLL_S:
+                    tracker.poll([w.item for w in workers if w.item is not None])
+                    polled = time.perf_counter()
                 for key, _ in selector.select(timeout=0.2):
                     worker = key.data
                     line = worker.results.readline()
@@ -258,6 +270,9 @@ def run_in_workers(spec: SweepSpec, todo: list[Planned], parallel: int, budget: 
                     counts[result["status"]] += 1
                     budget.finished(result.get("seconds", 0.0))
                     log(result_line(item, result))
+                    status = tracker.finished(item)
+                    if tracker.progress.quiet:
+                        log(status)
                     if line:
                         feed(worker)
         except KeyboardInterrupt:  # a second Ctrl-C: ask the runs to abort now
@@ -269,6 +284,7 @@ def run_in_workers(spec: SweepSpec, todo: list[Planned], parallel: int, budget: 
             for worker in workers:
                 worker.close()
             selector.close()
+            tracker.progress.close()
         counts["left"] += len(queue)
     return dict(counts, signal=stop.signal or 0)
 
@@ -318,10 +334,13 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, parallel: int = 1, time_
 
 
 def write_report(spec: SweepSpec, out: Path, results_dir: Path, log) -> None:
-    from groundthink.experiments.results import collect, write_results
+    from groundthink.experiments.results import collect, terminal_table, write_results
 
+    announce(f"sweep: reading the run folders, writing results and plots to {results_dir}")
     table = collect(spec, out)
     paths = write_results(spec, table, results_dir, out)
+    if table.rows:
+        log(terminal_table(table))
     try:
         from groundthink.experiments.plots import plot_all
     except ImportError:  # matplotlib missing (e.g. a bare GPU machine): tables only
@@ -329,7 +348,8 @@ def write_report(spec: SweepSpec, out: Path, results_dir: Path, log) -> None:
     else:
         paths += plot_all(spec, table, results_dir)
     if paths:
-        log("results: " + ", ".join(str(p) for p in paths))
+        log(textwrap.fill(f"results in {results_dir}: " + ", ".join(os.path.relpath(p, results_dir) for p in paths),
+                          width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
 
 
 def pack_runs(out: Path, archive: Path) -> None:

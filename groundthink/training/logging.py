@@ -1,5 +1,5 @@
 """Where metrics go: ``metrics.jsonl`` in the run folder (one JSON object per line), TensorBoard when it
-is installed, and the console (a tqdm progress bar, with a line per evaluation)."""
+is installed, and the console (progress with an ETA, and a line per evaluation)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from groundthink.data.files import atomic_write_text
+from groundthink.progress import Progress, usable_terminal
 
 METRICS = "metrics.jsonl"
 
@@ -74,40 +75,33 @@ def truncate_metrics(run_dir, step: int) -> None:
 
 
 class Console:
-    """A progress bar over the steps (stderr) plus one printed line per evaluation (stdout).
+    """Training progress over the steps (count, rate, ETA) plus one printed line per evaluation (stdout),
+    through ``groundthink.progress``.
 
-    Without a terminal the bar is off, and train lines are printed instead, so logs stay readable.
+    On a usable terminal a tqdm bar (stderr) whose postfix is the latest train line. Without one (a pipe, a
+    file, a zero-width pseudo-terminal) or with ``enabled=False`` (``train.progress: false``): plain status
+    lines on stdout at a steady cadence, each with the latest loss: a log is never silent for long and
+    never floods.
     """
 
     def __init__(self, total: int, initial: int, enabled: bool = True):
-        self.bar = None
-        self.interactive = enabled and sys.stderr.isatty()
-        if self.interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+        bar = enabled and usable_terminal(sys.stderr)
+        # Plain lines go to stdout with the eval lines: stderr stays for errors (one line each).
+        self.progress = Progress(total, "train", unit="steps", initial=initial, bar=bar,
+                                 stream=sys.stderr if bar else sys.stdout)
 
     def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        self.progress.update(1)
 
     def train(self, record: dict) -> None:
-        text = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  grad {record['grad_norm']:.2f}  " \
-               f"{record['tok_per_s']:,.0f} tok/s"
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-        else:
-            self.print(f"step {record['step']:>6}  {text}")
+        self.progress.set_postfix(f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  grad {record['grad_norm']:.2f}  "
+                                  f"{record['tok_per_s']:,.0f} tok/s")
 
     def print(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
+        self.progress.write(line)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
 
 
 def format_eval(record: dict) -> str:
