@@ -70,8 +70,10 @@ torch.cuda.get_device_name())" ;;
     profile-125m) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
     ttr) timeout -k 5 420 python3 benchmarks/time_to_result.py --cases readme-main,char-1000 --data "$DATA" \
            --work /tmp/ttr --json "$OUT/time_to_result_single.json" ;;
-    ttr-sweep) timeout -k 5 560 python3 benchmarks/time_to_result.py --cases fusion-sweep --cache cold --data "$DATA" \
-           --work /tmp/ttr --json "$OUT/time_to_result_sweep.json" ;;
+    ttr-sweep)  # SWEEP_SEEDS=0 (one seed of three) and SWEEP_BUDGET=S (the sweep's --time-budget) for a short lease
+      timeout -k 5 560 python3 benchmarks/time_to_result.py --cases fusion-sweep --cache cold --data "$DATA" \
+        --work /tmp/ttr --json "$OUT/time_to_result_sweep.json" ${SWEEP_SEEDS:+--extra=--seeds --extra=$SWEEP_SEEDS} \
+        ${SWEEP_BUDGET:+--extra=--time-budget --extra=$SWEEP_BUDGET} ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -9,7 +9,6 @@ run's single evaluation still shows).
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
