@@ -172,9 +172,10 @@ class Trainer:
         try:
             with self.folder.disk_errors_explained(), self.stops.installed():
                 if self.is_main:
-                    self.folder.prepare(self.config, self.tokenizer, self.step if self.resume_from else None)
-                    self.logger = MetricsLogger(self.run_dir, tensorboard=tc.tensorboard)
-                    self.console = Console(tc.steps, self.step, enabled=tc.progress)
+                    with self.clock.phase("setup"):  # the run folder, the logger (TensorBoard's import), the bar
+                        self.folder.prepare(self.config, self.tokenizer, self.step if self.resume_from else None)
+                        self.logger = MetricsLogger(self.run_dir, tensorboard=tc.tensorboard)
+                        self.console = Console(tc.steps, self.step, enabled=tc.progress)
                     self.console.print(f"training {self.config.model.key} ({self.model.num_params:,} params) on "
                                        f"{self.data.name} ({len(self.data.train):,} train tokens) -> {self.run_dir}"
                                        + (f", resumed at step {self.step}" if self.resume_from else ""))
@@ -206,7 +207,8 @@ class Trainer:
                 self.console.advance()
             last = self.step in (tc.steps, stop_at)
             if self.step % tc.log_every == 0 or last:
-                self.log_train()
+                with self.clock.phase("steps"):  # the log's one host sync waits for the queued steps
+                    self.log_train()
             evaluated = self.step % tc.eval_every == 0 or self.step == tc.steps
             improved = self.run_eval() if evaluated else False
             periodic = tc.save_every > 0 and self.step % tc.save_every == 0
