@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from extras import require_extra
+
+require_extra("hf")
+pytestmark = pytest.mark.extra("hf")
+import transformers  # noqa: E402
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
