@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
+from groundthink.data.files import give_usual_mode
 from groundthink.errors import UserError
 from groundthink.hf.modeling import GroundThinkForCausalLM
 from groundthink.hf.tokenizer import to_hf_tokenizer
@@ -55,12 +56,17 @@ def export_hf(model, tokenizer, out_dir, eos_token: str | None = None, bos_token
             hf_tokenizer.eos_token_id
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # A plain mkdir: the folder gets the usual mode (0777 less the umask); tempfile.mkdtemp's 0700 would stay
+    # on the exported folder after the rename.
+    staging = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         hf_model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
         name_tokenizer_class(staging / "tokenizer_config.json")
         (staging / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE, encoding="utf-8")
+        for path in staging.iterdir():
+            give_usual_mode(path)  # the weights: safetensors creates 0600 files
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(staging, out_dir)
