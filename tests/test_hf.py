@@ -151,6 +151,16 @@ def test_export_refuses_a_non_empty_folder_and_a_mismatched_tokenizer(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_export_to_or_under_a_file_is_one_line_and_keeps_the_file(tmp_path):
+    model = tiny_model("RWKV6", vocab_size=VOCAB)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt is a file; choose a new folder name"):
+        export_hf(model, TOKENIZER, tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="notes.txt is a file; choose another place"):
+        export_hf(model, TOKENIZER, tmp_path / "notes.txt" / "hf")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):
     """Without importing groundthink first (as lm-eval's CLI does): the folder's auto_map finds the classes."""
     model = tiny_model("GF-MH", vocab_size=VOCAB)

@@ -39,8 +39,13 @@ def export_hf(model, tokenizer, out_dir, eos_token: str | None = None, bos_token
     written.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"export folder {out_dir} is a file; choose a new folder name")
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"export folder {out_dir} already exists and is not empty; choose a new folder")
+    blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"cannot create the export folder {out_dir}: {blocking} is a file; choose another place")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}; export the tokenizer the model was trained with")
