@@ -9,12 +9,14 @@
 # gpu-parity-components (its model checks with one FLA component switched off at a time), bench-char,
 # bench-char-graph (quick autotune, graph mode only),
 # bench-char-modes (graph and compile), bench-char-fused (GROUNDTHINK_FUSED_RECURRENT_MAX_LEN=64), bench-compile,
-# bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites. Every stage but bench-char and
-# bench-char-modes runs with GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48):
-# FLA's chunked kernels otherwise spend ~5 minutes per new shape compiling autotune candidates.
+# bench-long, bench-125m, profile-char, profile-125m, profile-long, profile-sites, ttr (time to result: the README's
+# main command and the char run, cold then warm), ttr-sweep (the fusion sweep from empty caches).
+# GROUNDTHINK_FLA_AUTOTUNE=quick (2 configs per FLA kernel instead of up to 48) is the default now; the `quick`
+# wrapper below is kept so the stages say what they ran with. DATA: the folder with tinyshakespeare.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
+DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if ! python3 -c "import fla" 2>/dev/null; then
@@ -66,6 +68,10 @@ torch.cuda.get_device_name())" ;;
       quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode eager --steps 2 \
         --by-site 40 --out "$OUT/profile_sites.txt" ;;
     profile-125m) quick timeout -k 5 150 python3 benchmarks/profile_step.py --model GF-MH --shape 125m --mode graph --steps 3 --out "$OUT/profile.txt" ;;
+    ttr) timeout -k 5 420 python3 benchmarks/time_to_result.py --cases readme-main,char-1000 --data "$DATA" \
+           --work /tmp/ttr --json "$OUT/time_to_result_single.json" ;;
+    ttr-sweep) timeout -k 5 560 python3 benchmarks/time_to_result.py --cases fusion-sweep --cache cold --data "$DATA" \
+           --work /tmp/ttr --json "$OUT/time_to_result_sweep.json" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

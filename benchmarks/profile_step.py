@@ -17,9 +17,10 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from groundthink.cli.bench import MODES, SHAPES
+from groundthink.experiments.speed import MODES, SHAPES
 from groundthink.models.registry import get_model
-from groundthink.training.cuda_graph import TrainStep, make_adamw
+from groundthink.training.optim import make_adamw
+from groundthink.training.step import TrainStep
 
 # Kernel name pattern -> family (first match wins).
 FAMILIES = [
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     model = get_model(args.model, max_position_embeddings=seq, **shape).cuda()
     if args.by_site:
         annotate_modules(model)
-    step = TrainStep(model, make_adamw(model.parameters(), lr=3e-4, device="cuda"), batch, seq, **MODES[args.mode])
+    step = TrainStep(model, make_adamw(model.parameters(), lr=3e-4, capturable=MODES[args.mode]["cuda_graph"]), batch, seq, **MODES[args.mode])
     data = torch.randint(0, shape["vocab_size"], (batch, seq + 1), device="cuda")
     inputs, targets = data[:, :-1], data[:, 1:]
     for _ in range(6):

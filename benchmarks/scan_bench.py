@@ -18,10 +18,10 @@ import sys
 
 import torch
 
-from groundthink.cli.bench import SHAPES, environment
+from groundthink.experiments.speed import SHAPES, environment
 from groundthink.models.config import ModelConfig
-from groundthink.ops.rwkv6 import rwkv6_chunk_torch
 from groundthink.ops.fla_hopper import chunk_simple_gla_hopper, gated_chunk_backward_guarded, hopper_chunk_errors
+from groundthink.ops.rwkv6 import rwkv6_chunk_torch
 from groundthink.ops.ssd import ssd_chunk_torch
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from groundthink.cli.bench import format_table
+from groundthink.experiments.speed import format_table
 from groundthink.cli.main import main
 from training_utils import load_benchmark
 

@@ -1,4 +1,5 @@
-"""Multi-process training on CPU with gloo, launched by torchrun as a user would (training/distributed.py).
+"""Multi-process training on CPU with gloo, launched by torchrun as a user would (training/launch.py,
+training/parallel.py).
 
 One reference run (1 process x batch 8) and one 2-rank DDP run (2 x batch 4) are shared by the tests:
 the same loss curve and weights; a checkpoint of either resumes with the other number of ranks (FSDP
@@ -23,7 +24,7 @@ from groundthink.cli.main import build_parser
 from groundthink.cli.train import relaunch_argv
 from groundthink.data import RandomWindowSampler
 from groundthink.errors import UserError
-from groundthink.training import distributed
+from groundthink.training import launch
 from groundthink.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +47,13 @@ def env(cache: Path, **extra) -> dict:
     return environment
 
 
-def train(*args, cache: Path, nproc: int = 1, timeout: float = 240, **extra_env) -> subprocess.CompletedProcess:
-    """``groundthink train ARGS`` in one process, or under torchrun with ``nproc`` processes."""
-    launcher = distributed.torchrun_command(nproc, []) if nproc > 1 else [sys.executable, "-m", "groundthink"]
+def train(*args, cache: Path, nproc: int = 1, timeout: float = 240, fault: str | None = None,
+          **extra_env) -> subprocess.CompletedProcess:
+    """``groundthink train ARGS`` in one process, or under torchrun with ``nproc`` processes (``fault``: one of
+    them fails as tests/fault_rank.py describes)."""
+    launcher = launch.torchrun_command(nproc, []) if nproc > 1 else [sys.executable, "-m", "groundthink"]
+    if fault is not None:
+        launcher = [*launcher[:-2], str(REPO / "tests" / "fault_rank.py"), fault]
     flags = [*map(str, args), *TRAIN] + ([] if "--resume" in args else TINY_MODEL)
     return subprocess.run([*launcher, "train", *flags], cwd=REPO, env=env(cache, **extra_env),
                           capture_output=True, text=True, timeout=timeout)
@@ -130,25 +135,25 @@ def test_two_ranks_train_like_one_process_with_the_double_batch(reference, two_r
 ACCUMULATION_PROBE = """
 import json, sys
 import torch.distributed.algorithms.ddp_comm_hooks.default_hooks as default_hooks
-from groundthink.training import distributed
+from groundthink.training import launch
 from groundthink.training.config import load_config
 
 config = load_config(None, sys.argv[2:])
 rounds = []  # the step of every gradient all-reduce (its last bucket)
 
 def main():
-    trainer = distributed.make_trainer(config, sys.argv[1], resume=False)
+    trainer = launch.make_trainer(config, sys.argv[1], resume=False)
     def count(state, bucket):
         if bucket.is_last():
             rounds.append(trainer.step)
         return default_hooks.allreduce_hook(None, bucket)
-    trainer.train_model.register_comm_hook(None, count)
+    trainer.parallel.module.register_comm_hook(None, count)
     for _ in range(3):
         trainer.train_step()
     print(json.dumps(rounds))
     return 0
 
-distributed.run_rank(config.train, main)
+launch.run_rank(config.train, main)
 """
 
 
@@ -202,7 +207,7 @@ def test_a_crashed_rank_ends_the_job_with_its_error(workdir):
     # raises): the job can only end through the crash itself.
     result = train("--data", workdir / "text.txt", "--steps", STEPS, "--batch-size", 4, "--out", workdir / "crash",
                    "--set", "train.dist_timeout=3600", cache=workdir / "cache", nproc=2,
-                   GROUNDTHINK_FAULT="crash:1:2")
+                   fault="crash:1:2")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "injected fault: rank 1 crashed at step 2" in output
@@ -211,7 +216,7 @@ def test_a_crashed_rank_ends_the_job_with_its_error(workdir):
 def test_a_silent_rank_ends_the_job_after_the_timeout(workdir):
     result = train("--data", workdir / "text.txt", "--steps", STEPS, "--batch-size", 4, "--out", workdir / "hang",
                    "--set", "train.dist_timeout=3", cache=workdir / "cache", nproc=2, timeout=150,
-                   GROUNDTHINK_FAULT="hang:1:2")
+                   fault="hang:1:2")
     assert result.returncode != 0
     assert "injected fault: rank 1 hangs at step 2" in result.stderr
     assert "error: rank 0 lost the other ranks at step 2" in result.stderr
@@ -246,13 +251,10 @@ def test_bad_distributed_settings_are_one_line_errors(monkeypatch):
         load_config(None, ["train.parallel=zero"])
     with pytest.raises(UserError, match="dist_timeout must be > 0"):
         load_config(None, ["train.dist_timeout=0"])
-    monkeypatch.setenv(distributed.FAULT_ENV, "boom:1")
-    with pytest.raises(UserError, match="crash:RANK:STEP"):
-        distributed.fault_hooks()
     with pytest.raises(UserError, match="--nproc must be at least 1"):
-        distributed.launch(0, ["train"], load_config(None, ["train.device=cpu"]).train)
+        launch.launch(0, ["train"], load_config(None, ["train.device=cpu"]).train)
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(UserError, match="drop --nproc"):
-        distributed.launch(2, ["train"], load_config(None, ["train.device=cpu"]).train)
+        launch.launch(2, ["train"], load_config(None, ["train.device=cpu"]).train)
     with pytest.raises(UserError, match="cuda:LOCAL_RANK"):
-        distributed.rank_device("cuda:1", 0)
+        launch.rank_device("cuda:1", 0)

@@ -97,10 +97,12 @@ def test_fused_recurrent_switch_reads_the_environment(monkeypatch):
     fused_recurrent_max_len.cache_clear()
 
 
-def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatch):
+def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatch, tmp_path):
     from groundthink.ops import fla_hopper
 
+    monkeypatch.setenv("GROUNDTHINK_CACHE", str(tmp_path))
     monkeypatch.setattr(fla_hopper, "HOPPER_CHECKS", {})
+    monkeypatch.setattr(fla_hopper, "PENDING_CHECKS", {})
     agree = {"out": 1e-4, "dq": 8e-4, "dk": 7e-4, "dv": 1.3e-3, "dg": 9e-4, "dh0": 1e-8}   # as measured on an H100
     miscompiled = dict(agree, dk=0.5)                                                  # FLA #640's signature
     fla_hopper.HOPPER_CHECKS[(128, 64, torch.float32, "cuda:0")] = agree
@@ -115,16 +117,21 @@ def test_hopper_chunk_kernel_is_used_only_where_its_self_check_passed(monkeypatc
     assert (32, 64, torch.float32, "cuda:0") not in fla_hopper.HOPPER_CHECKS
 
 
-def test_hopper_self_check_that_faults_means_not_verified(monkeypatch):
+def test_hopper_self_check_that_faults_means_not_verified(monkeypatch, tmp_path):
     # The self-check runs in a child process, so a kernel that faults cannot take this process down. Here
-    # the child really fails (this machine has no CUDA); the configuration is then not verified, with a warning.
+    # the child really fails (this machine has no CUDA); the configuration is then not verified, with a
+    # warning that names the child's error (not the warnings it printed before, e.g. FLA's CPU fallback).
     from groundthink.ops import fla_hopper
 
+    monkeypatch.setenv("GROUNDTHINK_CACHE", str(tmp_path))
     monkeypatch.setattr(fla_hopper, "HOPPER_CHECKS", {})
+    monkeypatch.setattr(fla_hopper, "PENDING_CHECKS", {})
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    with pytest.warns(RuntimeWarning, match="failed its self-check .*state size 16, head dim 32.*chunk_gla"):
+    with pytest.warns(RuntimeWarning, match=r"failed its self-check .*state size 16, head dim 32.*: the Hopper "
+                                            r"self-check needs FLA's kernels on a CUDA device.*\(exit status 1\).*chunk_gla"):
         assert not fla_hopper.hopper_chunk_verified(16, 32, torch.bfloat16, "cuda:0")
     assert fla_hopper.HOPPER_CHECKS[(16, 32, torch.bfloat16, "cuda:0")] == {"fault": float("inf")}
+    assert not list(tmp_path.iterdir())  # no GPU to name: nothing stored
 
 
 DDLERP_RESULTS = ["r", "w", "k", "v", "g", "grad_x", "grad_delta", "grad_mix_low", "grad_mix_proj", "grad_bias"]

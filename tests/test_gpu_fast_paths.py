@@ -148,6 +148,91 @@ def test_ddlerp_kernel(dtype):
     check_all((f"ddlerp_{str(dtype)[6:]}.{name}", fused, ref, tol) for name, fused, ref in results)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_kernels(dtype, monkeypatch):
+    # The layers' fused kernels (Mamba-2's input and output sides, RWKV-6's group norm + gate) vs their PyTorch
+    # references, same device and input dtype, every case of the interpreter test (tests/test_layer_kernels.py).
+    # Both round each result once from float32 (bf16: within ~2 ulps).
+    import test_layer_kernels as cases
+
+    from groundthink.ops.gated_group_norm import gated_group_norm_torch
+    from groundthink.ops.gated_group_norm_triton import gated_group_norm_fused
+    from groundthink.ops.mamba2_inputs import mamba2_scan_inputs_torch
+    from groundthink.ops.mamba2_inputs_triton import mamba2_scan_inputs_fused
+    from groundthink.ops.skip_gated_norm import skip_gated_rms_norm_torch
+    from groundthink.ops.skip_gated_norm_triton import skip_gated_rms_norm_fused
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's depthwise conv in float32
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    groups = (("inputs", cases.SCAN_INPUT_CASES, cases.SCAN_INPUT_RESULTS, cases.scan_input_results,
+               mamba2_scan_inputs_fused, mamba2_scan_inputs_torch),
+              ("norm", cases.NORM_CASES, cases.NORM_RESULTS, cases.norm_results, skip_gated_rms_norm_fused,
+               skip_gated_rms_norm_torch),
+              ("group_norm", cases.GROUP_NORM_CASES, cases.GROUP_NORM_RESULTS, cases.group_norm_results,
+               gated_group_norm_fused, gated_group_norm_torch))
+    items = []
+    for group, case_list, names, results, fused_op, torch_op in groups:
+        for case in case_list:
+            for name, fused, ref in zip(names, results(case, "cuda", dtype, fused_op),
+                                        results(case, "cuda", dtype, torch_op)):
+                if ref is not None:  # the conv bias's gradient, in the case without one
+                    items.append((f"layer_kernels_{str(dtype)[6:]}.{group}.{case}.{name}", fused, ref, tol))
+    check_all(items)
+
+
+@pytest.mark.parametrize("kind", ["mamba2", "rwkv6"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_layer_fused_path(kind, precision, monkeypatch):
+    # A layer on CUDA with its fused kernels (the default) and without them (GROUNDTHINK_FUSED_LAYERS=0: FLA's
+    # kernels and PyTorch's small ops), against the same layer in float64 on CPU: output, input gradient, every
+    # parameter's gradient, the carried states. Each must be within tolerance (a gradient's scaled by its sum's
+    # cancellation on the reference, benchmarks/grad_sums.py) or no worse than twice the path the kernels replace.
+    import copy
+
+    from training_utils import load_benchmark
+
+    from groundthink.layers import RWKV6, Mamba2
+
+    torch.manual_seed(0)
+    layer = (Mamba2(hidden_size=64, head_dim=32, expand=2, state_size=32) if kind == "mamba2"
+             else RWKV6(hidden_size=64, num_heads=4))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    x = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(3, 150, 64, generator=torch.Generator().manual_seed(2))
+
+    def run(module, inputs):
+        inputs = inputs.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16" and inputs.is_cuda):
+            out, state = module(inputs)
+        return (out, state, inputs), (out.double() * weight.to(out.device, torch.float64)).sum()
+
+    def collect(module, out, state, inputs):
+        return {"out": out.detach(), "grad_input": inputs.grad,
+                **{f"state_{i}": s.detach() for i, s in enumerate(state)},
+                **{f"grad_{n}": p.grad for n, p in module.named_parameters()}}
+
+    reference = copy.deepcopy(layer).double()
+    outputs, cancellations, _ = load_benchmark("grad_sums").gradient_cancellations(
+        reference, lambda: run(reference, x.double()))
+    results = {"reference": collect(reference, *outputs)}
+    layer = layer.cuda()
+    for path, switch in (("fused", "1"), ("unfused", "0")):
+        monkeypatch.setenv("GROUNDTHINK_FUSED_LAYERS", switch)
+        layer.zero_grad(set_to_none=True)
+        outputs, loss = run(layer, x.cuda())
+        loss.backward()
+        results[path] = collect(layer, *outputs)
+    out_tol, grad_tol = (2e-3, 1e-2) if precision == "fp32" else (3e-2, 5e-2)
+    items = []
+    for name, ref in results["reference"].items():
+        tol = grad_tol * cancellations.get(name[len("grad_"):], 1.0) if name.startswith("grad") else out_tol
+        items.append((f"{kind}_layer_fused_{precision}.{name}", results["fused"][name], ref,
+                      max(tol, 2 * rel_err(results["unfused"][name], ref))))
+    check_all(items)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The scans: FLA on CUDA == the chunked PyTorch scan on CPU (float64 reference)
 
@@ -186,14 +271,16 @@ def test_rwkv6_scan(T, switch, scan_switch):
 # switch 64: FLA's fused recurrent kernel; 0: chunked (the default), at state sizes 16, 64 and 128 (on Hopper
 # + Triton < 3.7.1 each size takes chunk_simple_gla only if its self-check passes, else chunk_gla: both must
 # match the scan). State 16 with head dim 32 is `groundthink train`'s default model, where the self-check's
-# kernel faulted on an H100 (it now runs in a child process).
+# kernel faulted on an H100 (it now runs in a child process); the larger states take head dim 64, the seeds'
+# (benchmarks/gpu_parity.py's), so the suite runs one self-check (a child process compiling FLA's kernels) per
+# state size, not two.
 @pytest.mark.parametrize("T,N,switch", [(64, 64, 64), (64, 64, 0), (200, 16, 0), (200, 64, 0), (200, 128, 0)])
 def test_ssd_scan(T, N, switch, scan_switch):
     scan_switch(switch)
     from groundthink.ops.ssd import ssd, ssd_chunk_torch
 
     g = torch.Generator().manual_seed(T)
-    B, H, P = 2, 4, 32
+    B, H, P = 2, 4, 32 if N == 16 else 64
     x = torch.randn(B, T, H, P, generator=g)
     dt = torch.nn.functional.softplus(torch.randn(B, T, H, generator=g) - 1)
     A = -torch.exp(torch.randn(H, generator=g))
@@ -270,13 +357,14 @@ def test_model_cuda_matches_cpu(key, seq):
 # torch.compile takes a minute per model: the compiled step is checked on the hybrid only.
 @pytest.mark.parametrize("key,mode", [(key, "graph") for key in MODELS] + [("GF-MH", "compile")])
 def test_captured_step_matches_eager_step(key, mode):
-    from groundthink.training.cuda_graph import TrainStep, make_adamw
+    from groundthink.training.optim import make_adamw
+    from groundthink.training.step import TrainStep
 
     _, fast = model_pair(key)
     _, slow = model_pair(key)
     steps = {}
     for name, model, graph in (("fast", fast, True), ("eager", slow, False)):
-        optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+        optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=graph)
         steps[name] = TrainStep(model, optimizer, 3, 48, accumulation=2, amp_dtype=None, cuda_graph=graph,
                                 compile=(mode == "compile" and graph), warmup_steps=2)
     losses = {"fast": [], "eager": []}
@@ -293,10 +381,11 @@ def test_captured_step_matches_eager_step(key, mode):
 
 
 def test_learning_rate_change_reaches_the_captured_step():
-    from groundthink.training.cuda_graph import TrainStep, make_adamw, set_lr
+    from groundthink.training.optim import make_adamw, set_lr
+    from groundthink.training.step import TrainStep
 
     _, model = model_pair("GPT2")
-    optimizer = make_adamw(model.parameters(), lr=1e-3, device="cuda")
+    optimizer = make_adamw(model.parameters(), lr=1e-3, capturable=True)
     step = TrainStep(model, optimizer, 3, 48, warmup_steps=1)
     inputs, targets = (t.cuda() for t in tokens(3, 48))
     for _ in range(3):
@@ -324,7 +413,7 @@ def test_trainer_cuda_graph_trains_as_the_eager_trainer(tmp_path, monkeypatch):
                       "progress": False, "tensorboard": False, "cuda_graph": mode}}).validate()
         trainer = Trainer(config, tmp_path / mode)
         trainer.fit()
-        assert (trainer.graph_step is not None and trainer.graph_step.graph is not None) == (mode == "on")
+        assert (trainer.step_fn.graph is not None) == (mode == "on")
         losses[mode] = torch.tensor([r["loss"] for r in read_metrics(tmp_path / mode) if r["kind"] == "train"])
     assert len(losses["on"]) == 30 and losses["on"][-1] < losses["on"][0]
     check("trainer_cuda_graph.losses", losses["on"], losses["off"], 1e-2)

@@ -59,3 +59,57 @@ def test_ssd_a_grad_cancellation():
     assert gpu_parity.ssd_a_grad_amplification(inputs, *weights) >= 1.0
     assert gpu_parity.sum_cancellation(torch.ones(3, 4, 2).double(), dims=(0, 1)) == 1.0
     assert gpu_parity.sum_cancellation(torch.tensor([[1.0], [-0.99]]).double(), dims=(0,)) == pytest.approx(199.0)
+
+
+grad_sums = load_benchmark("grad_sums")
+
+
+@pytest.mark.parametrize("key", ["GF-MH", "RWKV6", "MAMBA2", "GPT2"])
+def test_gradient_terms_sum_to_every_gradient(key):
+    # The recorded uses account for every parameter's whole gradient (no use missed, none counted twice), and
+    # each cancellation is a factor >= 1.
+    from groundthink.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(key, vocab_size=65, hidden_size=32, n_layers=2, rwkv_heads=2, mamba_head_dim=16,
+                      mamba_state_size=16).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, dtype=p.dtype))
+    data = torch.randint(0, 65, (2, 41), generator=torch.Generator().manual_seed(1))
+
+    def forward():
+        out = model(data[:, :-1], targets=data[:, 1:])
+        return out, out.loss
+
+    _, cancellations, sums = grad_sums.gradient_cancellations(model, forward)
+    names = [name for name, _ in model.named_parameters()]
+    assert sorted(sums) == sorted(names) and min(cancellations.values()) >= 1.0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(sums[name][0], p.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
+def test_gradient_cancellation_of_known_sums():
+    # loss = sum_t g_t * (x_t * w) * s: w's terms g_t x_t s are (1, -0.9) * 2 * s -> cancellation 1.9 / 0.1 = 19
+    # (relative model); absolute model: rms(g) * sum |x_t s| / |sum| = sqrt((1 + 0.81) / 2) * 2 * 2 / (0.1 * 2).
+    w = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    x, g = torch.tensor([[1.0], [1.0]], dtype=torch.float64), torch.tensor([[1.0], [-0.9]], dtype=torch.float64)
+
+    def forward():
+        out = x * (w.exp().log() * 1.0)   # a chain of element-wise functions of w alone, then a use
+        return out, (out * g).sum()
+
+    _, cancellations, sums = grad_sums.gradient_cancellations(model, forward)
+    signed, relative, absolute = (t.item() for t in sums["w"])
+    assert signed == pytest.approx(0.1) and relative == pytest.approx(1.9)
+    assert absolute == pytest.approx(((1 + 0.81) / 2) ** 0.5 * 2)
+    assert cancellations["w"] == pytest.approx(max(1.9, absolute) / 0.1)
+    assert grad_sums.cancellation(torch.ones(3), torch.ones(3)) == 1.0
+
+
+def test_gradient_cancellation_refuses_an_op_it_cannot_split():
+    model = torch.nn.Linear(3, 1).double()
+    with pytest.raises(NotImplementedError, match="cumsum"):
+        grad_sums.gradient_cancellations(model, lambda: (None, model.weight.cumsum(-1).sum()))

@@ -12,8 +12,7 @@ import torch
 from groundthink.errors import UserError
 from groundthink.models.registry import get_model
 from groundthink.training.config import apply_override
-from groundthink.training.interventions import (BalanceLoss, GateFreeze, MambaGradScale, fused_layers,
-                                                fusion_parts, intervention_hooks)
+from groundthink.training.interventions import BalanceLoss, GateFreeze, MambaGradScale, intervention_hooks
 from groundthink.training.trainer import Trainer
 from training_utils import TINY_MODEL, tiny_config
 
@@ -56,13 +55,14 @@ def test_balance_loss_on_the_gate_has_its_defined_value_and_pushes_the_gate_into
     assert math.isclose(float(extra.detach()), 2 * 0.2 ** 2, rel_tol=1e-5)
     trainer.model.zero_grad(set_to_none=True)
     extra.backward()
-    biases = [layer.fusion.gate_proj.bias for layer in fused_layers(trainer.model)]
+    biases = [fusion.gate_proj.bias for fusion in trainer.model.fusions()]
     assert all(float(b.grad) < 0 for b in biases)  # descending the penalty raises every gate
     with torch.no_grad():
         for bias in biases:
             bias -= 1.0 * bias.grad
-        trainer.model(inputs)
-    gates = [float(layer.gate_mean) for layer in fused_layers(trainer.model)]
+        with trainer.model.recording() as stats:
+            trainer.model(inputs)
+    gates = [float(layer["gate_rwkv"]) for layer in stats]
     assert all(0.3 < g <= 0.7 for g in gates)
     # Inside the band the penalty is zero.
     inside = trainer_with(tmp_path / "b", "interventions.balance_weight=2", "interventions.balance_low=0.2")
@@ -75,12 +75,12 @@ def test_balance_loss_on_the_gate_has_its_defined_value_and_pushes_the_gate_into
 def test_fusion_parts_add_up_to_the_fused_output(key):
     torch.manual_seed(0)
     model = get_model(key, vocab_size=37, **TINY_MODEL)
-    fusion = fused_layers(model)[0].fusion
+    fusion = model.fusions()[0]
     for param in fusion.parameters():  # move off the symmetric start
         torch.nn.init.normal_(param, std=0.3)
     r, m = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     fused, gate = fusion(r, m)
-    part_r, part_m = fusion_parts(fusion, r, m, gate)
+    part_r, part_m = fusion.parts(r, m, gate)
     torch.testing.assert_close(part_r + part_m, fused, rtol=1e-5, atol=1e-6)
 
 
@@ -156,7 +156,7 @@ def test_mamba_grad_scale_multiplies_exactly_the_mamba_gradients(tmp_path):
     trainer = trainer_with(tmp_path, "interventions.mamba_grad_scale=10")
     scale = hook(trainer, MambaGradScale)
     inputs, targets = one_batch(trainer)
-    loss, _ = trainer.compute_loss(inputs, targets)
+    loss, _ = trainer.loss_fn(trainer.model, inputs, targets)
     loss.backward()
     before = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     held_ratio = None
@@ -184,8 +184,8 @@ def test_rwkv_dropout_zeroes_whole_sequences_at_its_rate_in_training_only(tmp_pa
     trainer = trainer_with(tmp_path, f"model.rwkv_dropout={rate}")
     model = trainer.model
     seen = []
-    handles = [layer.fusion.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].detach()))
-               for layer in fused_layers(model)]
+    handles = [fusion.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].detach()))
+               for fusion in model.fusions()]
     inputs = torch.randint(0, model.config.vocab_size, (200, 8))
     torch.manual_seed(1)
     with torch.no_grad():

@@ -157,6 +157,34 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_numbers(baselin
         assert evals == [32, 64, 96]
 
 
+def training_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its clock readings (tok/s, elapsed), which no two runs share."""
+    timing = ("tok_per_s", "elapsed_s", "eval_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] in ("train", "eval")]
+
+
+def test_runs_trained_one_after_another_in_one_process_equal_runs_in_their_own_processes(baseline, tmp_path):
+    """The baseline trained its four runs in one process (each keeping the kernels and caches the one before
+    built); two of them trained again, each in a fresh process, give the same losses and weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    spec_path, out, _ = baseline
+    env = cli_env(Path(os.environ["GROUNDTHINK_CACHE"]))
+    for label, seed in (("GF-MH", 1), ("GPT2-2L", 1)):
+        alone = tmp_path / f"{label}-{seed}"
+        result = subprocess.run([sys.executable, "-m", "groundthink", "sweep", str(spec_path), "--out", str(alone),
+                                 "--only", label, "--seeds", str(seed)], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        shared, own = out / label / f"seed{seed}", alone / label / f"seed{seed}"
+        assert training_records(own) == training_records(shared)
+        a = load_file(str(shared / "checkpoints" / "step_0000016" / "model.safetensors"))
+        b = load_file(str(own / "checkpoints" / "step_0000016" / "model.safetensors"))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
 def test_a_trained_run_missing_its_measurements_is_only_measured(baseline, tmp_path):
     spec_path, reference, _ = baseline
     out = tmp_path / "out"

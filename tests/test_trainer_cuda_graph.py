@@ -13,8 +13,9 @@ import torch
 
 from groundthink.errors import UserError
 from groundthink.training.config import apply_override, config_from_dict
-from groundthink.training.cuda_graph import TrainStep
+from groundthink.training.parallel import Collectives
 from groundthink.training.logging import read_metrics
+from groundthink.training.optim import load_optimizer_state, optimizer_state
 from groundthink.training.trainer import Trainer
 from training_utils import tiny_config
 
@@ -55,7 +56,7 @@ def test_graph_step_trains_as_the_eager_step(tmp_path, case):
         make = graph_trainer if mode == "on" else Trainer
         trainer = make(config, tmp_path / mode)
         assert trainer.fit()["status"] == "completed"
-        assert isinstance(trainer.graph_step, TrainStep) == (mode == "on")
+        assert trainer.use_graph_step == (mode == "on")
         runs[mode] = trainer
     eager, graph = train_records(tmp_path / "off"), train_records(tmp_path / "on")
     assert [r["step"] for r in eager] == [r["step"] for r in graph] == list(range(1, 7))
@@ -93,22 +94,22 @@ def test_graph_step_resumes_bit_identically_and_from_an_eager_checkpoint(tmp_pat
 
 
 def test_tensor_learning_rates_survive_a_checkpoint_round_trip(tmp_path):
-    # make_adamw's CUDA optimizer holds each group's lr as a tensor that the captured step reads: a checkpoint
+    # The capturable CUDA optimizer holds each group's lr as a tensor that the captured step reads: a checkpoint
     # stores plain numbers, and loading fills the same tensors in place and keeps the run's own flags.
     trainer = graph_trainer(config_with("train.cuda_graph=on", steps=4), tmp_path / "run")
     trainer.fit()
     lrs = []
     for group in trainer.optimizer.param_groups:
-        group["lr"] = torch.tensor(0.5)  # as make_adamw sets them on CUDA
+        group["lr"] = torch.tensor(0.5)  # as build_optimizer(capturable=True) sets them on CUDA
         group["capturable"] = True
         lrs.append(group["lr"])
-    saved = trainer.optimizer_state()
+    saved = optimizer_state(trainer.optimizer)
     assert all(type(group["lr"]) is float for group in saved["param_groups"])
     saved_lrs = [0.001 * (i + 1) for i in range(len(saved["param_groups"]))]
     for group, lr in zip(saved["param_groups"], saved_lrs):
         group["lr"], group["capturable"] = lr, False
     moments = [trainer.optimizer.state[p]["exp_avg"].clone() for p in trainer.optimizer.param_groups[0]["params"]]
-    trainer.load_optimizer_state(saved)
+    load_optimizer_state(trainer.optimizer, saved)
     for group, tensor, lr in zip(trainer.optimizer.param_groups, lrs, saved_lrs):
         assert group["lr"] is tensor and tensor.item() == pytest.approx(lr) and group["capturable"] is True
     for p, m in zip(trainer.optimizer.param_groups[0]["params"], moments):
@@ -120,7 +121,7 @@ def test_on_refuses_what_a_captured_step_cannot_do(tmp_path):
         Trainer(config_with("train.cuda_graph=on", "interventions.gate_freeze_steps=3"), tmp_path / "a")
     assert "\n" not in str(err.value) and "train.cuda_graph=auto" in str(err.value)
     with pytest.raises(UserError, match="distributed"):
-        Trainer(config_with("train.cuda_graph=on"), tmp_path / "b", world_size=2)
+        Trainer(config_with("train.cuda_graph=on"), tmp_path / "b", collectives=Collectives(world_size=2))
     # auto falls back to the eager step (here on CPU, and with the unsafe hook), silently.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -150,7 +151,8 @@ def test_compile_needs_the_captured_step(tmp_path):
         Trainer(config_with("train.compile=true"), tmp_path / "a")
     assert "\n" not in str(err.value) and "train.cuda_graph=auto" in str(err.value)
     with pytest.raises(UserError, match="distributed"):
-        Trainer(config_with("train.compile=true", "train.cuda_graph=auto"), tmp_path / "b", world_size=2)
+        Trainer(config_with("train.compile=true", "train.cuda_graph=auto"), tmp_path / "b",
+                collectives=Collectives(world_size=2))
 
 
 @pytest.mark.slow  # Inductor compiles the tiny model's forward and backward: ~35 s on 2 cores

@@ -1,11 +1,11 @@
 """``groundthink train``: train a registered model; ``--resume RUN_DIR`` continues a run exactly."""
 from __future__ import annotations
 
-import copy
 import signal
 import time
 from pathlib import Path
 
+import groundthink
 from groundthink.errors import UserError
 
 # Common flags and the config field each one sets (the seeds' spellings --batch_size / --seq_len work too).
@@ -42,37 +42,21 @@ def flag_overrides(args) -> list[str]:
 
 def build_config(args):
     """The run's config and folder, from the flags (new run) or from the run folder (``--resume``)."""
-    from groundthink.training.config import config_from_dict, load_config, read_yaml
-    from groundthink.training.trainer import absolute_source
+    from groundthink.training.config import load_config
+    from groundthink.training.run_folder import RunFolder
 
     overrides = flag_overrides(args) + list(args.overrides)
     if not args.resume:
         config = load_config(args.config, overrides)
         return config, Path(args.out) if args.out else default_run_dir(config)
-    run_dir = Path(args.resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml); --resume takes a folder written by "
-                        f"groundthink train")
     if args.config:
         raise UserError("--config cannot be combined with --resume: a run keeps its own config.yaml; change "
                         "training settings with --set train.KEY=VALUE")
-    if args.out and Path(args.out).resolve() != run_dir.resolve():
+    folder = RunFolder(args.resume)
+    if args.out and Path(args.out).resolve() != folder.path.resolve():
         raise UserError("--out cannot be combined with --resume: the run continues in its own folder")
-    saved = config_from_dict(read_yaml(run_dir / "config.yaml"), origin=str(run_dir / "config.yaml"))
-    if args.model is not None and args.model != saved.model.key:
-        raise UserError(f"run {run_dir} trained model {saved.model.key!r}, not {args.model!r}; drop --model to "
-                        f"resume it, or start a new run with --out")
-    config = load_config(None, overrides, base=copy.deepcopy(saved))
-    for data in (saved.data, config.data):  # a relative path to the same file is the same data
-        data.source, data.val_source = absolute_source(data.source), absolute_source(data.val_source)
-    # Training settings may change on resume; the model and the data may not (the checkpoint depends on them).
-    for section in ("model", "data"):
-        before, after = saved.to_dict()[section], config.to_dict()[section]
-        changed = [key for key in after if after[key] != before.get(key)]
-        if changed:
-            raise UserError(f"{section}.{changed[0]} cannot change when resuming (the checkpoint depends on it); "
-                            f"only train.* settings can, e.g. --steps or --set train.lr=...")
-    return config, run_dir
+    # --model is part of `overrides` too; a different key is refused with the run's own message.
+    return folder.resumed_config([o for o in overrides if not o.startswith("model.key=")], args.model), folder.path
 
 
 def default_run_dir(config) -> Path:
@@ -94,23 +78,26 @@ def relaunch_argv(args, run_dir) -> list[str]:
     return argv if args.resume else argv + ["--out", str(run_dir)]
 
 
-def run(args) -> int:
-    from groundthink.training import distributed
+def run(args, hooks=()) -> int:
+    """The command; ``hooks`` are extra trainer hooks (the tests' fault injection uses this seam)."""
+    from groundthink.training import launch
 
     config, run_dir = build_config(args)
     if args.nproc is not None and args.nproc != 1:
-        return distributed.launch(args.nproc, relaunch_argv(args, run_dir), config.train)
-    if distributed.world_size_from_env() > 1:  # one rank of a torchrun job: it ends its process itself
-        distributed.run_rank(config.train, lambda: fit(args, config, run_dir))
-    return fit(args, config, run_dir)
+        return launch.launch(args.nproc, relaunch_argv(args, run_dir), config.train)
+    if launch.world_size_from_env() > 1:  # one rank of a torchrun job: it ends its process itself
+        launch.run_rank(config.train, lambda: fit(args, config, run_dir, hooks))
+    return fit(args, config, run_dir, hooks)
 
 
-def fit(args, config, run_dir) -> int:
-    from groundthink.training.distributed import make_trainer
+def fit(args, config, run_dir, hooks=()) -> int:
+    from groundthink.training.launch import make_trainer, peer_failures_explained
 
-    trainer = make_trainer(config, run_dir, resume=bool(args.resume))  # a DistributedTrainer under torchrun
+    trainer = make_trainer(config, run_dir, resume=bool(args.resume), hooks=hooks)  # one rank's under torchrun
+    trainer.clock.add_before_start("startup", groundthink.IMPORTED_AT)  # this process's imports and parsing
     run_dir = trainer.run_dir
-    summary = trainer.fit()
+    with peer_failures_explained(trainer):
+        summary = trainer.fit()
     if summary["status"] == "interrupted":
         return 128 + (signal.SIGTERM if summary.get("signal") == "SIGTERM" else signal.SIGINT)
     if not trainer.is_main:

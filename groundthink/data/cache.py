@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from groundthink.data.files import atomic_write_bytes, atomic_write_text
+from groundthink.data.tokenizers import BPETokenizer
 
 RECORD_VERSION = 1
 
@@ -124,8 +125,6 @@ def encode_array(text: str, tokenizer) -> np.ndarray:
 
 def cached_bpe(texts: list[str], vocab_size: int, cache: Path | None):
     """A byte-level BPE trained on ``texts`` — loaded from the cache when trained before on the same text."""
-    from groundthink.data.tokenizers import BPETokenizer
-
     key = hashlib.sha256("".join(text_hash(t) for t in texts).encode()).hexdigest()[:20]
     if cache is None:
         return BPETokenizer.train(texts, vocab_size)
@@ -147,8 +146,6 @@ def cached_bpe(texts: list[str], vocab_size: int, cache: Path | None):
 
 def load_bpe(path: Path, expected: dict):
     """The cached BPE tokenizer, or None and why the entry cannot be trusted (then it is retrained)."""
-    from groundthink.data.tokenizers import BPETokenizer
-
     record, problem = read_record(path, expected)
     if problem:
         return None, problem

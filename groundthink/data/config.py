@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from groundthink.data.tokenizers import TOKENIZER_KINDS
+
 
 @dataclass
 class DataConfig:
@@ -24,8 +26,6 @@ class DataConfig:
     recall_max_pairs: int = 2
 
     def validate(self) -> None:
-        from groundthink.data.tokenizers import TOKENIZER_KINDS
-
         if self.tokenizer not in TOKENIZER_KINDS:
             raise ValueError(f"data.tokenizer {self.tokenizer!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
         if not 256 < self.vocab_size <= 1_000_000:

@@ -1,6 +1,7 @@
 """Reading user text files with clear errors, writing files atomically, with the usual permissions."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,3 +92,11 @@ def fsync_dir(path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_json(path) -> dict | None:
+    """A JSON file's contents, or None when it is missing or unreadable (a run folder still being written)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -4,7 +4,7 @@ In a distributed run every rank draws the same global batch of ``world_size * ba
 generator, seeded without the rank) and keeps rows ``rank::world_size``: ranks see different windows, and N
 ranks with batch B see exactly the windows of one process with batch N*B. ``state_dict`` /
 ``load_state_dict`` make a resumed run draw exactly the windows it would have (with any number of ranks, as
-long as the global batch is the same; see training/distributed.py).
+long as the global batch is the same; see training/launch.py).
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import socket
 import urllib.request
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from groundthink.data.files import atomic_write_bytes, read_text_file, text_files_in
 from groundthink.data.synthetic import recall_text
 from groundthink.errors import UserError
+from groundthink.ops.backend import cache_root as machine_cache_root
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -37,10 +37,10 @@ class Corpus:
 
 
 def cache_root(data_config=None) -> Path:
-    """``data.cache_dir``, else ``$GROUNDTHINK_CACHE``, else ``~/.cache/groundthink``."""
+    """``data.cache_dir``, else the machine's cache root (``ops.backend.cache_root``: ``$GROUNDTHINK_CACHE``,
+    else ``~/.cache/groundthink``)."""
     configured = getattr(data_config, "cache_dir", None)
-    root = configured or os.environ.get("GROUNDTHINK_CACHE") or Path.home() / ".cache" / "groundthink"
-    return Path(root).expanduser()
+    return Path(configured).expanduser() if configured else machine_cache_root()
 
 
 def load_corpus(data_config) -> Corpus:

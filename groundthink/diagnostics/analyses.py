@@ -18,7 +18,7 @@ import torch
 from groundthink.diagnostics import thresholds as T
 from groundthink.diagnostics.metrics import BRANCHES, SHORT_NAME, ablation_share, branch_state
 from groundthink.diagnostics.probe import Probe
-from groundthink.diagnostics.suites import SuiteResult, fmt, not_applicable, run_suites, signed, suite
+from groundthink.diagnostics.suites import SuiteResult, fmt, not_applicable, signed, suite
 from groundthink.diagnostics.thresholds import FAIL, INFO, PASS, WARN
 from groundthink.diagnostics.training_loop import train_copy
 
@@ -295,7 +295,3 @@ def speed_profile(probe: Probe) -> SuiteResult:
 
 ANALYSES = [component_ablation, state_evolution, long_context, gradient_coupling, token_types,
             overfit_one_batch, beat_random, reload_identical, speed_profile]
-
-
-def run_analyses(probe: Probe, analyses=None) -> list[SuiteResult]:
-    return run_suites(probe, analyses or ANALYSES)

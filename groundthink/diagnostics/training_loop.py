@@ -1,8 +1,8 @@
 """A short, real optimizer loop on a copy of the model: G3 (short training), gradient coupling, overfit.
 
-AdamW with the SPEC §3 defaults (lr 3e-4, betas (0.9, 0.95), weight decay 0.1, gradient clipping 1.0) and
-the trainer's parameter groups, at a constant learning rate. The model being diagnosed is never touched:
-the loop trains a deep copy.
+The trainer's own step (``training/step.py``) and optimizer (its parameter groups, the training defaults'
+betas) at a constant learning rate, in float32. The model being diagnosed is never touched: the loop trains
+a deep copy.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from groundthink.diagnostics.metrics import BRANCHES
+from groundthink.training.config import TrainConfig
+from groundthink.training.optim import build_optimizer
+from groundthink.training.step import TrainStep
 
 
 @dataclass
@@ -77,10 +80,8 @@ def _branch_grad_norm(model, branch: str) -> float:
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with the trainer's parameter groups (SPEC §3 betas; no decay on norms, biases, gains, gates)."""
-    from groundthink.training.optim import parameter_groups
-
-    return torch.optim.AdamW(parameter_groups(model, lr, weight_decay), lr=lr, betas=(0.9, 0.95))
+    """The trainer's AdamW (its parameter groups and default betas) at this learning rate and decay."""
+    return build_optimizer(model, TrainConfig(lr=lr, min_lr=0.0, weight_decay=weight_decay))
 
 
 def train_copy(model, next_batch, steps: int, lr: float = 3e-4, weight_decay: float = 0.1, clip: float = 1.0,
@@ -97,23 +98,23 @@ def train_copy(model, next_batch, steps: int, lr: float = 3e-4, weight_decay: fl
     has_both = all(trainee.branch_parameters(b) for b in BRANCHES)
     trace = TrainingTrace()
     tokens, seconds = 0, 0.0
+    train_step = None
     try:
         for step in range(steps):
             inputs, targets = next_batch(step)
+            if train_step is None:
+                train_step = TrainStep(trainee, optimizer, inputs.shape[0], inputs.shape[1], grad_clip=clip,
+                                       amp_dtype=None, cuda_graph=False)
             start = time.perf_counter()
-            loss = trainee(inputs, targets=targets).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            total = torch.nn.utils.clip_grad_norm_(trainee.parameters(), clip if clip else float("inf"))
-            if torch.isfinite(loss.detach()):
-                optimizer.step()
+            out = train_step(inputs, targets)
             if inputs.is_cuda:
                 torch.cuda.synchronize()
             if step > 0:  # the first step pays one-time costs (allocator, kernel selection)
                 seconds += time.perf_counter() - start
                 tokens += inputs.numel()
-            trace.losses.append(float(loss.detach()))
-            trace.grad_norms.append(float(total))
+            # The gradients the step left behind (clipped, as the optimizer used them).
+            trace.losses.append(float(out.loss))
+            trace.grad_norms.append(float(out.grad_norm))
             if has_both:
                 trace.grad_norm_rwkv.append(_branch_grad_norm(trainee, "rwkv6"))
                 trace.grad_norm_mamba.append(_branch_grad_norm(trainee, "mamba2"))

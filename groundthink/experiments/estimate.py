@@ -13,6 +13,13 @@ import time
 
 import torch
 
+from groundthink.data.sources import load_corpus
+from groundthink.devices import resolve_device
+from groundthink.experiments.spec import build_config
+from groundthink.models.model import GroundThinkLM
+from groundthink.training.optim import build_optimizer
+from groundthink.training.precision import autocast_for
+
 
 def timed(fn, repeats: int, device: torch.device) -> float:
     """Seconds per call of ``fn`` (after one warm-up call), synchronizing CUDA around the timed calls."""
@@ -31,18 +38,12 @@ def vocab_of(config) -> int:
     """The tokenizer's size without training one: distinct characters of the text, or data.vocab_size (BPE)."""
     if config.data.tokenizer != "char":
         return config.data.vocab_size
-    from groundthink.data.sources import load_corpus
 
     corpus = load_corpus(config.data)
     return len(set(corpus.train_text) | set(corpus.val_text or ""))
 
 
 def estimate_row(config, repeats: int) -> dict:
-    from groundthink.models.model import GroundThinkLM
-    from groundthink.training.evaluation import autocast_for
-    from groundthink.training.optim import build_optimizer
-    from groundthink.devices import resolve_device
-
     tc = config.train
     device = resolve_device(tc.device, "train.device")
     autocast = autocast_for(device, tc.precision)
@@ -77,8 +78,6 @@ def estimate_row(config, repeats: int) -> dict:
 
 def estimate(spec, repeats: int = 3, log=print) -> float:
     """Print the per-row estimate and return the total seconds for the spec's runs, one at a time."""
-    from groundthink.experiments.spec import build_config
-
     total = 0.0
     log(f"estimate for sweep {spec.name}: {repeats} timed steps per row on this machine, runs one at a time")
     log(f"{'row':<28} {'params':>10} {'s/step':>8} {'s/fwd':>8} {'min/run':>8} {'runs':>5}")

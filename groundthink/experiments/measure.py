@@ -11,7 +11,10 @@ import contextlib
 
 import torch
 
+from groundthink.data import eval_windows
+from groundthink.diagnostics.analyses import long_context as lc_suite
 from groundthink.diagnostics.metrics import ablation_share, has_both_branches
+from groundthink.diagnostics.probe import DiagnoseOptions, Probe
 
 FINAL_METRICS = "final_metrics.json"
 
@@ -44,9 +47,6 @@ def ablation(model, windows: torch.Tensor, batch_size: int, device, autocast=con
 def long_context(model, val_tokens, tokenizer, seq_len: int, length: int, sequences: int,
                  autocast=contextlib.nullcontext) -> dict:
     """Loss by position bucket up to ``length`` tokens (the diagnostics' LC analysis)."""
-    from groundthink.diagnostics.analyses import long_context as lc_suite
-    from groundthink.diagnostics.probe import DiagnoseOptions, Probe
-
     factor = max(1, length // seq_len)
     options = DiagnoseOptions(seq_len=seq_len, long_factor=factor, long_sequences=sequences, train_steps=0,
                               overfit_steps=0)
@@ -77,8 +77,6 @@ def device_name(device: torch.device) -> str:
 
 def final_measurements(model, data, config, measure, device, autocast=contextlib.nullcontext) -> dict:
     """Everything ``measure`` asks for, on ``model`` (final weights) and ``data`` (its ``DataBundle``)."""
-    from groundthink.data import eval_windows
-
     tc = config.train
     result: dict = {"device": device_name(device)}
     if measure.ablation and has_both_branches(model):

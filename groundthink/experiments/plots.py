@@ -13,12 +13,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from groundthink.data.files import read_json
 from groundthink.diagnostics import thresholds as T
 from groundthink.diagnostics.runlog import RunLog
 from groundthink.experiments.measure import FINAL_METRICS
 from groundthink.experiments.results import SweepTable
 from groundthink.experiments.spec import SweepSpec
-from groundthink.experiments.worker import read_json
 
 
 def colors(count: int) -> list:

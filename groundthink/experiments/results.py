@@ -13,9 +13,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from groundthink.data.files import read_json
 from groundthink.diagnostics import thresholds as T
+from groundthink.experiments.measure import FINAL_METRICS
 from groundthink.experiments.spec import SweepSpec
-from groundthink.experiments.worker import read_json, run_state
+from groundthink.experiments.worker import run_state
 
 # Per-run numbers that are averaged over seeds, with how results.md prints them.
 METRICS = {
@@ -47,8 +49,6 @@ def number(value) -> float | None:
 
 def run_row(run, run_dir: Path) -> dict:
     """The numbers of one run, read from its folder (None where absent)."""
-    from groundthink.experiments.measure import FINAL_METRICS
-
     row = {"label": run.label, "model": run.model, "key": run.key, "variant": run.variant, "seed": run.seed,
            "run_dir": str(run_dir)}
     summary = read_json(run_dir / "summary.json")

@@ -23,7 +23,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from groundthink.data.sources import NAMED_SOURCES
 from groundthink.errors import UserError
+from groundthink.models.registry import REGISTRY
+from groundthink.training.config import config_from_dict, read_yaml
+from groundthink.training.config import suggest as close
 
 SPEC_KEYS = ("name", "question", "data_root", "base", "models", "variants", "seeds", "measure", "reference",
              "goal", "ratios")
@@ -93,8 +97,6 @@ def substitute(value, data_root: str):
 
 def build_config(config: dict, data_root: str):
     """The validated ``Config`` of a run's config dict."""
-    from groundthink.training.config import config_from_dict
-
     return config_from_dict(substitute(copy.deepcopy(config), data_root), origin="the sweep").validate()
 
 
@@ -103,8 +105,6 @@ def build_config(config: dict, data_root: str):
 def load_spec(path, data_root: str | None = None, overrides: list[str] | None = None,
               seeds: list[int] | None = None, only: list[str] | None = None) -> SweepSpec:
     """Read and check a sweep file; ``overrides`` (``section.key=value``) apply to every run."""
-    from groundthink.training.config import read_yaml
-
     path = Path(path)
     raw = read_yaml(path)
     where = f"sweep {path}"
@@ -171,8 +171,6 @@ def load_spec(path, data_root: str | None = None, overrides: list[str] | None = 
 
 def check_data(spec: SweepSpec) -> None:
     """Fail before training when a local data file of the sweep is missing."""
-    from groundthink.data.sources import NAMED_SOURCES
-
     for run in spec.runs:
         data = spec.resolved(run.config).get("data", {})
         for key in ("source", "val_source"):
@@ -197,8 +195,6 @@ def as_list(value, what: str, where: str, required: bool = False) -> list:
 
 
 def model_entry(entry, where: str) -> tuple[str, str, dict]:
-    from groundthink.models.registry import REGISTRY
-
     if isinstance(entry, str):
         entry = {"key": entry}
     if not isinstance(entry, dict) or "key" not in entry or set(entry) - {"key", "name", "set"}:
@@ -294,6 +290,4 @@ def parse_scalar(text: str):
 
 
 def suggest(word: str, choices) -> str:
-    from groundthink.training.config import suggest as close
-
     return close(word, choices)

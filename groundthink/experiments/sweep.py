@@ -26,9 +26,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from groundthink.data.files import read_json
 from groundthink.errors import UserError
 from groundthink.experiments.spec import RunSpec, SweepSpec, check_data
-from groundthink.experiments.worker import SWEEP_RUN, StopFlag, execute_run, read_json, run_state
+from groundthink.experiments.worker import SWEEP_RUN, StopFlag, execute_run, run_state
 
 SWEEP_RECORD = "sweep.json"
 EXCLUDED_FROM_PACK = ("checkpoints", "tensorboard")

@@ -17,25 +17,27 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from groundthink.data import load_data, load_tokenizer
+from groundthink.data.files import atomic_write_text, read_json
+from groundthink.devices import resolve_device
 from groundthink.errors import UserError
+from groundthink.experiments.measure import FINAL_METRICS, final_measurements
+from groundthink.experiments.spec import Measure, build_config
+from groundthink.training.checkpoint import list_checkpoints, load_run
+from groundthink.training.hooks import TrainingDiverged
+from groundthink.training.logging import clean
+from groundthink.training.precision import autocast_for
+from groundthink.training.trainer import Trainer
 
 SWEEP_RUN = "sweep_run.json"
 SUMMARY = "summary.json"
 FINISHED = ("completed", "plateau", "diverged")   # statuses after which a run is never trained again
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def run_state(run_dir: Path) -> str:
     """``done`` | ``measure`` (trained, end-of-run measurements missing) | ``resume`` | ``new``."""
-    from groundthink.experiments.measure import FINAL_METRICS
-    from groundthink.training.checkpoint import list_checkpoints
-
     summary = read_json(run_dir / SUMMARY) or {}
     if summary.get("status") in FINISHED:
         if summary["status"] == "diverged" or (run_dir / FINAL_METRICS).is_file():
@@ -75,18 +77,6 @@ class StopFlag:
 
 def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dict:
     """Train the run in ``run_dir`` to the end (or resume it), then measure. Returns a result line."""
-    import torch
-
-    from groundthink.data import load_data, load_tokenizer
-    from groundthink.data.files import atomic_write_text
-    from groundthink.experiments.measure import FINAL_METRICS, final_measurements
-    from groundthink.experiments.spec import Measure, build_config
-    from groundthink.training.evaluation import autocast_for
-    from groundthink.training.logging import clean
-    from groundthink.training.hooks import TrainingDiverged
-    from groundthink.devices import resolve_device
-    from groundthink.training.trainer import Trainer
-
     run_dir = Path(run_dir)
     started = time.perf_counter()
     meta = read_json(run_dir / SWEEP_RUN)
@@ -112,7 +102,6 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
         model, data, device = trainer.model, trainer.data, trainer.device
         autocast = trainer.autocast
     else:  # trained earlier; only the measurements are missing
-        from groundthink.training.checkpoint import load_run
 
         loaded = load_run(run_dir, which="last")
         device = resolve_device(config.train.device, "train.device")

@@ -2,7 +2,8 @@
 
 Same parameter names, shapes and initialization as FLA 0.6 (``in_proj``, ``conv1d``, ``dt_bias``, ``A_log``,
 ``D``, ``norm``, ``out_proj``). It runs on CPU with GroundThink's chunked SSD, on CUDA with FLA's
-``chunk_simple_gla`` kernel (or ``mamba_ssm``'s when installed), and takes / returns its state:
+``chunk_simple_gla`` kernel (or ``mamba_ssm``'s when installed), whole sequences there with GroundThink's
+fused kernels on both sides of the scan (``_forward_fused``), and takes / returns its state:
 ``Mamba2State(ssm [B, H, P, N], conv [B, conv_dim, kernel - 1])``.
 """
 from __future__ import annotations
@@ -14,9 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from groundthink.ops.mamba2_inputs import fused_mamba2_wanted, mamba2_scan_inputs, ssd_from_scan_inputs
 from groundthink.ops.norms import gated_rms_norm
 from groundthink.ops.precision import matmul_dtype, upcast
-from groundthink.ops.shortconv import causal_conv1d_silu
+from groundthink.ops.shortconv import _last_inputs, causal_conv1d_silu
+from groundthink.ops.skip_gated_norm import skip_gated_rms_norm
 from groundthink.ops.ssd import ssd
 
 
@@ -90,6 +93,8 @@ class Mamba2(nn.Module):
         batch, seq_len, _ = hidden_states.shape
         gate, xBC, dt = self.in_proj(hidden_states).split(
             [self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
+        if state is None and seq_len > 1 and fused_mamba2_wanted(xBC):
+            return self._forward_fused(gate, xBC, dt, matmul_dtype(hidden_states))
 
         # Causal depthwise convolution, continuing from the previous inputs when a state is given.
         xBC, new_conv = causal_conv1d_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias,
@@ -107,3 +112,13 @@ class Mamba2(nn.Module):
         y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))                    # the D * x skip
         y = self.norm(y.reshape(batch, seq_len, self.intermediate_size), gate)
         return self.out_proj(y.to(matmul_dtype(hidden_states))), Mamba2State(ssm_state, new_conv)
+
+    def _forward_fused(self, gate, xBC, dt, out_dtype):
+        """CUDA, whole sequences from a zero state (training): GroundThink's kernels on both sides of FLA's scan,
+        the same computation with ``dt`` folded into the keys (``ops/mamba2_inputs.py``, ``ops/skip_gated_norm.py``)."""
+        x, k, q, g = mamba2_scan_inputs(xBC, dt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
+                                        self.A_log, self.dt_limit, self.num_heads, self.n_groups, self.ssm_state_size)
+        y, ssm_state = ssd_from_scan_inputs(x, k, q, g)
+        y = skip_gated_rms_norm(y, x, self.D, gate, self.norm.weight, self.norm.eps, self.norm.group_size)
+        history = _last_inputs(xBC, self.conv_kernel_size - 1)   # the convolution's state, as the other path keeps it
+        return self.out_proj(y.to(out_dtype)), Mamba2State(ssm_state, history)

@@ -16,7 +16,6 @@ from groundthink.layers.rwkv6 import RWKV6
 from groundthink.models.config import ModelConfig
 from groundthink.ops.norms import RMSNorm
 
-
 # Metric suffixes of SPEC §4: act_var_rwkv, act_var_mamba, ...
 SHORT_NAME = {"rwkv6": "rwkv", "mamba2": "mamba", "attention": "attention"}
 
@@ -84,9 +83,6 @@ class ParallelHybridBlock(Block):
         self.fusion = build_fusion(cfg.fusion, cfg.hidden_size, cfg.gate_init)
         self.mamba_residual = cfg.mamba_residual
         self.rwkv_dropout = cfg.rwkv_dropout
-        # Set by a balance-regularizing trainer: keep the mean gate of the last forward, with its graph.
-        self.keep_gate = False
-        self.gate_mean: torch.Tensor | None = None
 
     def mix(self, h, state):
         out_rwkv, state_rwkv = self.rwkv6(h, None if state is None else state["rwkv6"])
@@ -99,10 +95,8 @@ class ParallelHybridBlock(Block):
         fused, gate = self.fusion(rwkv_normed, self.norm_mamba(out_mamba))
         if self.mamba_residual:
             fused = fused + self.mamba_residual * out_mamba
-        if gate is not None:
-            if self.record:
-                self.last_stats["gate_rwkv"] = gate.detach().float().mean()
-            self.gate_mean = gate.float().mean() if self.keep_gate else None
+        if gate is not None and self.record:
+            self.last_stats["gate_rwkv"] = gate.detach().float().mean()
         return fused, {"rwkv6": state_rwkv, "mamba2": state_mamba}
 
 

@@ -95,6 +95,10 @@ class GroundThinkLM(nn.Module):
             for layer in touched:
                 layer.ablate.discard(branch)
 
+    def fusions(self) -> list[nn.Module]:
+        """The fusion module of every parallel hybrid block (empty for baselines and sequential stacks)."""
+        return [layer.fusion for layer in self.layers if hasattr(layer, "fusion")]
+
     def branch_parameters(self, branch: str):
         """Parameters of one branch kind (``rwkv6`` / ``mamba2`` / ``attention``) across all layers."""
         return [p for n, p in self.named_parameters() if f".{branch}." in n]

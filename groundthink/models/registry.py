@@ -5,6 +5,7 @@ import textwrap
 
 from groundthink.models.config import ModelConfig
 from groundthink.models.model import GroundThinkLM
+from groundthink.models.params import count_parameters
 
 # key: (description, overrides of ModelConfig). Fusion variants are SPEC §2; baselines follow.
 REGISTRY: dict[str, tuple[str, dict]] = {
@@ -73,8 +74,6 @@ def shape_header(**overrides) -> str:
 
 def models_table(**overrides) -> str:
     """The registry as a table (key, description, fusion parameters per block, total), under its shape."""
-    from groundthink.models.params import count_parameters
-
     rows = [("key", "description", "fusion/block", "total params")]
     for key, (description, _) in REGISTRY.items():
         model = get_model(key, **overrides)

@@ -7,10 +7,14 @@ configurations (FLA #640's bisection found a 64-wide key block tiling wider keys
 repeated over the state) is much slower, so:
 
 - ``hopper_chunk_verified`` runs the guard-lifted kernel against ``chunk_gla`` once per (state size, head
-  dim, precision, device) — outputs and every gradient on random inputs of two chunks — and says whether
-  they agree. The check runs in a child process: at some sizes the miscompiled kernel does not just
-  compute wrong values but faults (illegal memory access, measured on an H100 at state size 16, head dim
-  32), which would leave this process's CUDA context unusable;
+  dim, precision, GPU model, software versions) — outputs and every gradient on random inputs of two
+  chunks — and says whether they agree. The check runs in a child process
+  (``ops/hopper_check_child.py``): at some sizes the miscompiled kernel does not just compute wrong values
+  but faults (illegal memory access, measured on an H100 at state size 16, head dim 32), which would leave
+  this process's CUDA context unusable. Its verdict is stored on disk (``ops/kernel_cache.py``): a child
+  costs seconds (it imports torch and FLA and builds both kernels), once per machine, not per run;
+- ``start_hopper_checks`` starts those children in the background, so that they run while the trainer
+  loads data and builds the model;
 - ``chunk_simple_gla_hopper`` is FLA's ``chunk_simple_gla`` whose backward runs with the guard lifted. Only
   ``ops/ssd.py`` calls it, and only where the check passed.
 """
@@ -18,15 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import torch
+
+from groundthink.ops.backend import fla_available, mamba_ssm_chunk_scan
+from groundthink.ops.child_check import ChildCheck
+from groundthink.ops.kernel_cache import kernel_environment, read_record, record_path, write_record
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,50 +77,152 @@ def chunk_simple_gla_hopper(q, k, v, g, scale, initial_state, output_final_state
 # Largest relative L2 gradient error the self-check accepts. #640's miscompile is off by O(1) (dk ratio
 # ~0.5); the two kernels' honest disagreement in bf16 is ~1e-2 at most.
 HOPPER_CHECK_TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 4e-2, torch.float16: 2e-2}
+# Part of each stored verdict's key: a change to what the check measures (its inputs, its tensors) makes
+# every stored verdict stale.
+HOPPER_CHECK_VERSION = 1
+HOPPER_CHECK_TIMEOUT = 600  # seconds; the child compiles (and autotunes) both kernels once per machine
+
+# Errors per (state size, head dim, dtype, device) in this process; the children still running.
+HOPPER_CHECKS: dict[tuple, dict[str, float]] = {}
+PENDING_CHECKS: dict[tuple, ChildCheck] = {}
 
 
 def hopper_chunk_verified(state_size: int, head_dim: int, dtype: torch.dtype, device) -> bool:
     """Does the guard-lifted ``chunk_simple_gla`` match ``chunk_gla`` here (outputs and every gradient)?
 
-    Checked once per (state size, head dim, precision, device) on random inputs of two chunks; inside a
-    CUDA graph capture (no checks possible) an unchecked configuration counts as not verified.
+    Checked once per (state size, head dim, precision, GPU model and software versions), in a child process,
+    and the verdict stored on disk (``ops/kernel_cache.py``), so later processes only read it. A check that
+    ``start_hopper_checks`` started is waited for. Inside a CUDA graph capture no check is started (an
+    unchecked configuration counts as not verified there).
     """
-    key = (state_size, head_dim, dtype, str(torch.device(device)))
+    key = _check_key(state_size, head_dim, dtype, device)
     if key not in HOPPER_CHECKS:
-        if torch.cuda.is_current_stream_capturing():
+        stored = None if key in PENDING_CHECKS else stored_hopper_errors(state_size, head_dim, dtype, device)
+        if key in PENDING_CHECKS:
+            HOPPER_CHECKS[key] = _collect(key, state_size, head_dim, dtype, device)
+        elif stored is not None:
+            HOPPER_CHECKS[key] = stored
+        elif torch.cuda.is_current_stream_capturing():
             return False
-        HOPPER_CHECKS[key] = hopper_chunk_errors_isolated(state_size, head_dim, dtype, device)
+        else:
+            HOPPER_CHECKS[key] = hopper_chunk_errors_isolated(state_size, head_dim, dtype, device)
     errors = HOPPER_CHECKS[key]
     return max(errors.values()) <= HOPPER_CHECK_TOLERANCE.get(dtype, 2e-3)
 
 
-HOPPER_CHECKS: dict[tuple, dict[str, float]] = {}
+def start_hopper_checks(sizes, device) -> int:
+    """Start, in the background, the self-checks a model will need; returns how many children it started.
+
+    ``sizes``: (state size, head dim, dtype) per Mamba-2 layer shape, the dtype being what the scan sees
+    (bf16 under bf16 autocast, else the parameters' dtype). Nothing to do (0) off CUDA, where ``ops/ssd.py``
+    never takes the guard-lifted kernel (no FLA, ``mamba_ssm`` installed, no Hopper guard), or where the
+    verdict is known (this process or on disk). ``hopper_chunk_verified`` collects the result.
+    """
+    if not hopper_checks_needed(device):
+        return 0
+    started = 0
+    for state_size, head_dim, dtype in sizes:
+        key = _check_key(state_size, head_dim, dtype, device)
+        if key in HOPPER_CHECKS or key in PENDING_CHECKS:
+            continue
+        stored = stored_hopper_errors(state_size, head_dim, dtype, device)
+        if stored is not None:
+            HOPPER_CHECKS[key] = stored
+            continue
+        PENDING_CHECKS[key] = _start_child(key)
+        started += 1
+    return started
+
+
+def hopper_checks_needed(device) -> bool:
+    """Would ``ops/ssd.py`` ask ``hopper_chunk_verified`` on ``device``?"""
+    return (torch.device(device).type == "cuda" and fla_available() and mamba_ssm_chunk_scan() is None
+            and gated_chunk_backward_guarded())
 
 
 def hopper_chunk_errors_isolated(state_size: int, head_dim: int, dtype: torch.dtype, device,
-                                 timeout: float = 600) -> dict[str, float]:
+                                 timeout: float = HOPPER_CHECK_TIMEOUT) -> dict[str, float]:
     """``hopper_chunk_errors`` in a child process on the same GPU; ``{"fault": inf}`` if the child fails.
 
     A fault means the guard-lifted kernel is unusable here: ``ops/ssd.py`` then takes ``chunk_gla``.
     """
-    index = torch.device(device).index
-    index = torch.cuda.current_device() if index is None else index
-    command = [sys.executable, "-m", "groundthink.ops.fla_hopper", str(state_size), str(head_dim),
-               str(dtype).removeprefix("torch."), str(index)]
-    # The child imports this package from where the parent did (a checkout on sys.path need not be installed).
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        if child.returncode == 0:
-            return json.loads(child.stdout.strip().splitlines()[-1])
-        reason = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
-    except (subprocess.TimeoutExpired, ValueError, IndexError) as err:
-        reason = f"{type(err).__name__}: {err}"
+    key = _check_key(state_size, head_dim, dtype, device)
+    PENDING_CHECKS[key] = _start_child(key, timeout)
+    return _collect(key, state_size, head_dim, dtype, device)
+
+
+def _check_key(state_size, head_dim, dtype, device) -> tuple:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one check
+        device = torch.device("cuda", torch.cuda.current_device())
+    return state_size, head_dim, dtype, str(device)
+
+
+def _start_child(key: tuple, timeout: float = HOPPER_CHECK_TIMEOUT) -> ChildCheck:
+    state_size, head_dim, dtype, device = key
+    return ChildCheck("groundthink.ops.hopper_check_child",
+                      [str(state_size), str(head_dim), _dtype_name(dtype), str(torch.device(device).index)], timeout)
+
+
+def _collect(key, state_size, head_dim, dtype, device) -> dict[str, float]:
+    """The pending child's errors, stored on disk unless its failure says nothing about the kernel."""
+    result = PENDING_CHECKS.pop(key).result()
+    errors = _valid_errors(result.value)
+    if errors is None:
+        errors = {"fault": math.inf}
+        reason = result.reason or f"its result {result.value!r} is not a set of errors"
+        _warn_fault(state_size, head_dim, dtype, reason)
+        if result.started and not result.environmental:  # the kernels ran and failed: a verdict
+            store_hopper_errors(state_size, head_dim, dtype, device, errors, reason)
+    else:
+        store_hopper_errors(state_size, head_dim, dtype, device, errors, None)
+    return errors
+
+
+def _warn_fault(state_size, head_dim, dtype, reason: str, stored_in=None) -> None:
+    where = f" (a verdict stored in {stored_in}; GROUNDTHINK_KERNEL_CACHE=0 or deleting it checks again)" \
+        if stored_in else ""
     warnings.warn(f"FLA's chunk_simple_gla backward without its Hopper guard failed its self-check (state size "
-                  f"{state_size}, head dim {head_dim}, {dtype}): {reason[:300]}; Mamba-2 uses chunk_gla here "
-                  "(correct, slower)", RuntimeWarning, stacklevel=2)
-    return {"fault": math.inf}
+                  f"{state_size}, head dim {head_dim}, {dtype}): {reason}{where}; Mamba-2 uses chunk_gla here "
+                  "(correct, slower)", RuntimeWarning, stacklevel=3)
+
+
+def _record_key(state_size, head_dim, dtype, device) -> dict | None:
+    environment = kernel_environment(device)
+    if environment is None:
+        return None
+    return {"check": "fla-hopper-chunk-simple-gla", "version": HOPPER_CHECK_VERSION, **environment,
+            "state_size": int(state_size), "head_dim": int(head_dim), "dtype": _dtype_name(dtype)}
+
+
+def stored_hopper_errors(state_size, head_dim, dtype, device) -> dict[str, float] | None:
+    """The errors a previous process measured for this configuration on this GPU model and software, if any."""
+    key = _record_key(state_size, head_dim, dtype, device)
+    record = None if key is None else read_record("hopper", key)
+    errors = _valid_errors(None if record is None else record.get("errors"))
+    if errors is not None and record.get("reason"):
+        _warn_fault(state_size, head_dim, dtype, record["reason"], record_path("hopper", key))
+    return errors
+
+
+def store_hopper_errors(state_size, head_dim, dtype, device, errors: dict, reason: str | None) -> None:
+    key = _record_key(state_size, head_dim, dtype, device)
+    if key is not None:
+        write_record("hopper", key, {"errors": errors, "reason": reason})
+
+
+def _valid_errors(errors) -> dict[str, float] | None:
+    """``errors`` if it is a non-empty map of names to non-negative numbers (inf: a fault), else None."""
+    if not isinstance(errors, dict) or not errors:
+        return None
+    if not all(isinstance(name, str) and isinstance(value, (int, float)) and not isinstance(value, bool)
+               and not math.isnan(value) and value >= 0 for name, value in errors.items()):
+        return None
+    return {name: float(value) for name, value in errors.items()}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, device,
@@ -150,15 +255,3 @@ def hopper_chunk_errors(state_size: int, head_dim: int, dtype: torch.dtype, devi
     names = ("out", "dq", "dk", "dv", "dg", "dh0")
     return {name: float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
             for name, a, b in zip(names, *results)}
-
-
-if __name__ == "__main__":  # the child process of hopper_chunk_errors_isolated: STATE HEAD_DIM DTYPE DEVICE_INDEX
-    state, head, dtype_name, index = sys.argv[1:5]
-    import fla.layers  # noqa: F401  every FLA kernel loaded, so the parent's GROUNDTHINK_FLA_AUTOTUNE applies to all
-
-    from groundthink.ops.backend import fla_available
-
-    fla_available()
-    errors = hopper_chunk_errors(int(state), int(head), getattr(torch, dtype_name), torch.device("cuda", int(index)))
-    torch.cuda.synchronize()
-    print(json.dumps(errors))

@@ -22,16 +22,22 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_model
 
 from groundthink.data.files import atomic_write_text, fsync_dir, give_usual_mode
+from groundthink.data.tokenizers import load_tokenizer
 from groundthink.errors import UserError
+from groundthink.models.model import GroundThinkLM
+from groundthink.training.config import Config, config_from_dict, read_yaml
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
@@ -53,7 +59,7 @@ def is_complete(path: Path) -> bool:
 
 
 def list_checkpoints(run_dir) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints (every file present; not checked further), oldest first."""
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
         return []
@@ -90,8 +96,11 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, state: dict, met
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
     fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. interrupted right after a resume)
-        remove_checkpoint(final)
+    if final.exists():  # the same step again: a resume from before a damaged checkpoint, or after a signal
+        if checkpoint_problem(final) is None:
+            remove_checkpoint(final)
+        else:  # kept for inspection, out of the step_* namespace
+            final.rename(final.with_name(f"damaged-{final.name}-{time.time_ns()}"))
     tmp.rename(final)
     fsync_dir(folder)
     return final
@@ -125,7 +134,7 @@ def clean_partial(run_dir) -> None:
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     try:
         load_model(model, str(Path(checkpoint) / WEIGHTS), strict=True, device=str(next(model.parameters()).device))
-    except (RuntimeError, ValueError, OSError) as err:
+    except (RuntimeError, ValueError, OSError, SafetensorError) as err:
         first = " ".join(str(err).split())[:200]
         raise UserError(f"checkpoint {checkpoint} does not fit this model ({first}); it was written by another "
                         f"model or configuration — resume it with its own config.yaml") from None
@@ -135,23 +144,73 @@ def load_state(checkpoint: Path) -> dict:
     try:
         return torch.load(Path(checkpoint) / STATE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not a trainer state we wrote
-        raise UserError(f"trainer state in {checkpoint} is unreadable ({type(err).__name__}); "
-                        f"resume from another checkpoint folder") from None
+        raise UserError(f"trainer state in {checkpoint} is unreadable ({type(err).__name__}); the run folder "
+                        f"has no other checkpoint to use: start a new run with --out") from None
 
 
 def read_meta(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / META).read_text(encoding="utf-8"))
 
 
+# --------------------------------------------------------------------------------------------------
+# Which checkpoint to use: the newest one that is intact.
+
+def checkpoint_problem(checkpoint: Path, need_state: bool = True) -> str | None:
+    """Why ``checkpoint`` cannot be used (a few words), or None when it is intact: every file present and
+    readable, the weights finite, and (``need_state``) the trainer state loadable."""
+    checkpoint = Path(checkpoint)
+    if not is_complete(checkpoint):
+        missing = [name for name in (WEIGHTS, STATE, META) if not (checkpoint / name).is_file()]
+        return f"{', '.join(missing) or 'folder'} missing"
+    try:
+        meta = read_meta(checkpoint)
+        int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{META} unreadable"
+    try:
+        weights = load_file(str(checkpoint / WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - truncated, empty or garbage files raise several types
+        return f"{WEIGHTS} unreadable ({type(err).__name__})"
+    bad = next((name for name, tensor in weights.items()
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:
+        return f"{WEIGHTS} holds non-finite values ({bad})"
+    if need_state:
+        try:
+            torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - as load_state
+            return f"{STATE} unreadable ({type(err).__name__})"
+    return None
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def newest_intact(run_dir, prefer: Path | None = None, need_state: bool = True) -> Path | None:
+    """``prefer`` when it is intact, else the newest intact checkpoint; each damaged one met is named in a
+    warning and left where it is."""
+    candidates = ([prefer] if prefer is not None else []) + \
+        [p for p in reversed(list_checkpoints(run_dir)) if p != prefer]
+    for path in candidates:
+        problem = checkpoint_problem(path, need_state)
+        if problem is None:
+            return path
+        warn(f"checkpoint {path} is damaged ({problem}); skipped, not deleted")
+    return None
+
+
 def resume_checkpoint(run_dir) -> Path:
-    """The checkpoint ``--resume`` continues from: ``latest``, else the newest complete one."""
+    """The checkpoint ``--resume`` continues from: ``latest`` if intact, else the newest intact one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} not found; --resume takes a folder written by groundthink train")
-    found = read_pointer(run_dir, "latest") or (list_checkpoints(run_dir) or [None])[-1]
+    found = newest_intact(run_dir, read_pointer(run_dir, "latest"))
     if found is None:
-        raise UserError(f"run folder {run_dir} has no complete checkpoint to resume from; start a new run "
-                        f"(without --resume, or with another --out)")
+        damaged = bool(list_checkpoints(run_dir))
+        raise UserError(f"run folder {run_dir} has no {'intact' if damaged else 'complete'} checkpoint to resume "
+                        f"from; start a new run with another --out (or train this folder again without --resume "
+                        f"after moving its checkpoints away)")
     return found
 
 
@@ -166,6 +225,12 @@ class LoadedRun:
     step: int
     run_dir: Path
     checkpoint: Path
+
+
+def read_run_config(run_dir) -> Config:
+    """A run folder's resolved ``config.yaml``, validated."""
+    path = Path(run_dir) / "config.yaml"
+    return config_from_dict(read_yaml(path), origin=str(path)).validate()
 
 
 def find_run(path) -> tuple[Path, Path | None]:
@@ -185,24 +250,42 @@ def load_run(path, which: str = "best") -> LoadedRun:
     ``path`` is a run folder (then ``which`` picks the ``best`` or ``last`` checkpoint; ``best`` falls back
     to the last when the run never evaluated) or a checkpoint folder.
     """
-    from groundthink.data.tokenizers import load_tokenizer
-    from groundthink.models.model import GroundThinkLM
-    from groundthink.training.config import config_from_dict, read_yaml
-
     if which not in ("best", "last"):
         raise UserError(f"which must be 'best' or 'last', got {which!r}")
     run_dir, checkpoint = find_run(path)
     if checkpoint is None:
-        checkpoint = read_pointer(run_dir, "best") if which == "best" else None
-        checkpoint = checkpoint or read_pointer(run_dir, "latest") or (list_checkpoints(run_dir) or [None])[-1]
+        preferred = (read_pointer(run_dir, "best") if which == "best" else None) or read_pointer(run_dir, "latest")
+        checkpoint = newest_intact(run_dir, preferred, need_state=False)
         if checkpoint is None:
-            raise UserError(f"run folder {run_dir} has no complete checkpoint yet; train it (or resume it) first")
-    if not is_complete(checkpoint):
-        raise UserError(f"checkpoint {checkpoint} is incomplete; use another checkpoint of the run")
-    config = config_from_dict(read_yaml(run_dir / "config.yaml"), origin=str(run_dir / "config.yaml")).validate()
+            state = "intact" if list_checkpoints(run_dir) else "complete"
+            raise UserError(f"run folder {run_dir} has no {state} checkpoint; train it (or resume it) first")
+    else:
+        problem = checkpoint_problem(checkpoint, need_state=False)
+        if problem is not None:
+            raise UserError(f"checkpoint {checkpoint} is damaged ({problem}); pass its run folder to use the "
+                            f"newest intact checkpoint")
+    config = read_run_config(run_dir)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = GroundThinkLM(config.model_config(tokenizer.vocab_size))
     load_weights(model, checkpoint)
     model.eval()
     return LoadedRun(model=model, tokenizer=tokenizer, config=config, step=int(read_meta(checkpoint)["step"]),
                      run_dir=run_dir, checkpoint=checkpoint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Random state, for an exact resume (dropout, sampling and anything else that draws).
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -19,6 +19,7 @@ import yaml
 from groundthink.data.config import DataConfig
 from groundthink.errors import UserError
 from groundthink.models.config import ModelConfig
+from groundthink.models.registry import REGISTRY, get_config
 from groundthink.training.interventions_config import InterventionsConfig
 
 # The size of the default model: small enough that `groundthink train` learns visibly on a 2-core CPU in
@@ -71,11 +72,11 @@ class TrainConfig:
     plateau_max_reductions: int = 2
     progress: bool = True            # a live progress bar on the console
     tensorboard: bool = True         # also write TensorBoard scalars when tensorboard is installed
-    # Several processes (torchrun, --nproc; see training/distributed.py): ddp replicates the model, fsdp
+    # Several processes (torchrun, --nproc; see training/launch.py and parallel.py): ddp replicates the model, fsdp
     # (FSDP2) shards weights, gradients and optimizer state (for ~125M parameters and above).
     parallel: str = "ddp"
     dist_timeout: float = 600.0      # seconds a rank waits for the others (longer than an eval + checkpoint)
-    # One optimizer step as one captured CUDA graph (training/cuda_graph.py; ~14x faster for the char model
+    # One optimizer step as one captured CUDA graph (training/step.py; ~14x faster for the char model
     # on an H100). on: always (an error where it cannot work: several processes, hooks that need the host;
     # on CPU the same step runs eagerly, with a warning); auto: on for single-process CUDA runs whose hooks
     # are all graph-safe, else the eager step; off: the eager step.
@@ -84,6 +85,10 @@ class TrainConfig:
     # kernels). Needs that step (cuda_graph on, or auto on one CUDA device). On an H100 about 1.2x at the char
     # shape, 1.04x at ~125M (bench --mode compile; README), for about a minute of compilation at the start.
     compile: bool = False
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        """Tokens one optimizer step trains on, over all ranks."""
+        return self.batch_size * self.seq_len * self.grad_accum * world_size
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every", "eval_windows",
@@ -140,8 +145,6 @@ class Config:
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The registry's config for ``model.key`` with the settings applied (and the tokenizer's vocabulary)."""
-        from groundthink.models.registry import get_config
-
         settings = dict(self.model.settings)
         if vocab_size is not None:
             if settings.get("vocab_size") not in (None, vocab_size):
@@ -154,8 +157,6 @@ class Config:
             raise UserError(one_line(err)) from None
 
     def validate(self) -> Config:
-        from groundthink.models.registry import REGISTRY
-
         if self.model.key not in REGISTRY:
             raise UserError(f"unknown model {self.model.key!r}; valid keys: {', '.join(REGISTRY)}")
         try:

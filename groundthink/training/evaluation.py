@@ -7,13 +7,7 @@ import math
 import numpy as np
 import torch
 
-
-def autocast_for(device: torch.device, precision: str):
-    """A context factory: bf16 autocast on CUDA (or when asked for), nothing (fp32) otherwise."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+from groundthink.models.metrics import record_balance
 
 
 @torch.no_grad()
@@ -29,6 +23,25 @@ def evaluate_loss(model, windows: torch.Tensor, batch_size: int, device, autocas
         total += loss.float() * len(batch)
     model.train(was_training)
     return float(total) / len(windows)
+
+
+@torch.no_grad()
+def evaluate_model(model, val_windows: torch.Tensor, train_windows: torch.Tensor, batch_size: int, device,
+                   autocast=contextlib.nullcontext, task=None, grad_ratio: float | None = None) -> dict:
+    """A training run's evaluation: val loss and perplexity, the loss on as many fixed training windows (the
+    train/val gap without one batch's noise), the cheap balance metrics, and the data source's own metric."""
+    val_loss = evaluate_loss(model, val_windows, batch_size, device, autocast)
+    metrics = {"val_loss": val_loss, "val_ppl": perplexity(val_loss),
+               "train_eval_loss": evaluate_loss(model, train_windows, batch_size, device, autocast)}
+    if grad_ratio is not None:
+        metrics["grad_ratio"] = grad_ratio
+    was_training = model.training
+    model.eval()
+    metrics.update(record_balance(model, val_windows[:batch_size, :-1].to(device)))
+    if task is not None:
+        metrics.update(task.evaluate(model, device, batch_size))
+    model.train(was_training)
+    return metrics
 
 
 def consecutive_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None) -> torch.Tensor:

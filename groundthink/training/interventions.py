@@ -16,32 +16,9 @@ from __future__ import annotations
 import torch
 
 from groundthink.errors import UserError
-from groundthink.layers.fusion import (FUSIONS, ConcatProjectFusion, GainFusion, GatedFusion, ResidualFusion,
-                                       WeightedSumFusion)
-from groundthink.training.interventions_config import InterventionsConfig
+from groundthink.layers.fusion import FUSIONS
 from groundthink.training.hooks import TrainerHook
-
-
-def fused_layers(model) -> list:
-    """The parallel hybrid blocks (the layers that have a fusion module)."""
-    return [layer for layer in model.layers if hasattr(layer, "fusion")]
-
-
-def fusion_parts(fusion, r: torch.Tensor, m: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
-    """What each branch adds to the fused output: ``fused = part_r + part_m`` for every fusion kind."""
-    if isinstance(fusion, GatedFusion):
-        return gate * r, (1.0 - gate) * m
-    if isinstance(fusion, GainFusion):
-        return fusion.gain_rwkv * r, fusion.gain_mamba * m
-    if isinstance(fusion, WeightedSumFusion):
-        return fusion.weight_rwkv * r, (1.0 - fusion.weight_rwkv) * m
-    if isinstance(fusion, ResidualFusion):
-        return r, fusion.scale_mamba * m
-    if isinstance(fusion, ConcatProjectFusion):
-        d = r.shape[-1]
-        weight = fusion.proj.weight
-        return r @ weight[:, :d].t(), m @ weight[:, d:].t()
-    raise TypeError(f"no decomposition for fusion {type(fusion).__name__}")
+from groundthink.training.interventions_config import InterventionsConfig
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:
@@ -56,10 +33,10 @@ def band_distance(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
 class BalanceLoss(TrainerHook):
     """``loss += weight * mean_layers(band_distance(rwkv_share)^2)``.
 
-    ``target="gate"``: the share is the fusion's mean gate (``block.gate_mean``, kept with its graph when
-    ``block.keep_gate`` is set). ``target="share"``: RWKV's share of the fused output's RMS, read by a
-    forward hook on each fusion module; unlike the gate it also sees the branch norms' learned gains, so
-    a gate pushed into the band cannot be undone by a larger RWKV norm weight.
+    Both targets are read by a forward hook on each fusion module, in training forwards only.
+    ``target="gate"``: the share is the fusion's mean gate. ``target="share"``: RWKV's share of the fused
+    output's RMS (from the fusion's ``parts``); unlike the gate it also sees the branch norms' learned gains,
+    so a gate pushed into the band cannot be undone by a larger RWKV norm weight.
     """
 
     graph_safe = True  # the penalty is device work of a fixed shape; last_penalty is read at eval only
@@ -71,29 +48,22 @@ class BalanceLoss(TrainerHook):
         self.last_penalty: torch.Tensor | None = None
         self.last_share: torch.Tensor | None = None
 
-    def on_fit_start(self, trainer) -> None:
-        layers = fused_layers(trainer.model)
-        if self.target == "gate":
-            for layer in layers:
-                layer.keep_gate = True
-        elif not self.handles:
-            self.handles = [layer.fusion.register_forward_hook(self._record_share) for layer in layers]
+    def on_fit_start(self, state) -> None:
+        if not self.handles:
+            self.handles = [fusion.register_forward_hook(self._record_share) for fusion in state.model.fusions()]
 
     def _record_share(self, fusion, inputs, output) -> None:
         if not (fusion.training and torch.is_grad_enabled()):
             return  # evaluation passes add no penalty
-        part_r, part_m = fusion_parts(fusion, *inputs, output[1])
+        if self.target == "gate":
+            self.shares.append(output[1].float().mean())
+            return
+        part_r, part_m = fusion.parts(*inputs, output[1])
         size_r, size_m = rms(part_r), rms(part_m)
         self.shares.append(size_r / (size_r + size_m).clamp_min(1e-12))
 
-    def current_shares(self, trainer) -> list[torch.Tensor]:
-        if self.target == "gate":
-            return [layer.gate_mean for layer in fused_layers(trainer.model) if layer.gate_mean is not None]
+    def extra_loss(self, state, output) -> torch.Tensor | None:
         shares, self.shares = self.shares, []
-        return shares
-
-    def extra_loss(self, trainer, output) -> torch.Tensor | None:
-        shares = self.current_shares(trainer)
         if not shares:
             return None
         share = torch.stack(shares)
@@ -101,7 +71,7 @@ class BalanceLoss(TrainerHook):
         self.last_penalty, self.last_share = penalty.detach(), share.detach().mean()
         return self.weight * penalty
 
-    def on_eval(self, trainer, record: dict) -> None:
+    def on_eval(self, state, record: dict) -> None:
         if self.last_penalty is not None:  # read only here: the one host sync of this hook
             record["balance_penalty"] = float(self.last_penalty)
             record[f"balance_{self.target}_rwkv"] = float(self.last_share)
@@ -111,7 +81,7 @@ class GateFreeze(TrainerHook):
     """No updates for the fusion parameters during the first ``steps`` optimizer steps.
 
     While frozen they do not require gradients, so AdamW skips them entirely (no moments, no step count):
-    at step ``steps`` they start training as if new. Decided from ``trainer.step`` alone, so a resumed run
+    at step ``steps`` they start training as if new. Decided from ``state.step`` alone, so a resumed run
     freezes exactly as an uninterrupted one.
     """
 
@@ -123,15 +93,15 @@ class GateFreeze(TrainerHook):
 
     @staticmethod
     def parameters(model) -> list[torch.nn.Parameter]:
-        return [p for layer in fused_layers(model) for p in layer.fusion.parameters()]
+        return [p for fusion in model.fusions() for p in fusion.parameters()]
 
-    def on_step_start(self, trainer) -> None:
-        frozen = trainer.step < self.steps
-        for param in self.parameters(trainer.model):
+    def on_step_start(self, state) -> None:
+        frozen = state.step < self.steps
+        for param in self.parameters(state.model):
             param.requires_grad_(not frozen)
 
-    def on_eval(self, trainer, record: dict) -> None:
-        record["gate_frozen"] = trainer.step < self.steps
+    def on_eval(self, state, record: dict) -> None:
+        record["gate_frozen"] = state.step < self.steps
 
 
 class MambaGradScale(TrainerHook):
@@ -147,12 +117,12 @@ class MambaGradScale(TrainerHook):
     def __init__(self, scale: float):
         self.scale = scale
 
-    def on_after_backward(self, trainer) -> None:
-        grads = [p.grad for p in trainer.model.branch_parameters("mamba2") if p.grad is not None]
+    def on_after_backward(self, state) -> None:
+        grads = [p.grad for p in state.model.branch_parameters("mamba2") if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, self.scale)
 
-    def on_eval(self, trainer, record: dict) -> None:
+    def on_eval(self, state, record: dict) -> None:
         if record.get("grad_ratio") is not None:
             record["grad_ratio_scaled"] = record["grad_ratio"]
             record["grad_ratio"] = record["grad_ratio"] * self.scale
