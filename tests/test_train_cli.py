@@ -211,7 +211,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
 
 @pytest.mark.slow
 def test_readme_main_command_learns_recall(tmp_path):
-    # How long it takes is measured by benchmarks/bench_default_run.py, not asserted here.
+    # How long it takes is measured by benchmarks/time_to_result.py (case readme-main), not asserted here.
     result = subprocess.run([sys.executable, "-m", "groundthink", "train"], cwd=tmp_path,
                             env=cli_env(tmp_path / "cache"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
