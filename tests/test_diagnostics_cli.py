@@ -1,7 +1,6 @@
 """``groundthink diagnose`` end to end: a tiny run from the real trainer on CPU, then its diagnosis."""
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,8 @@ def trained_run(tmp_path_factory):
     saved = os.environ.get("GROUNDTHINK_CACHE")
     os.environ["GROUNDTHINK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     run_dir = tmp_path_factory.mktemp("runs") / "gf-mh"
-    start = time.perf_counter()
     assert main(["train", "--data", str(DATA), "--out", str(run_dir), *TINY_RUN]) == 0
-    yield run_dir, time.perf_counter() - start
+    yield run_dir
     if saved is None:
         os.environ.pop("GROUNDTHINK_CACHE", None)
     else:
@@ -34,12 +32,9 @@ def trained_run(tmp_path_factory):
 
 
 def test_diagnose_a_trainer_run_end_to_end(trained_run, capsys):
-    run_dir, train_seconds = trained_run
+    run_dir = trained_run
     capsys.readouterr()
-    start = time.perf_counter()
     assert main(["diagnose", str(run_dir), *QUICK]) == 0
-    seconds = time.perf_counter() - start
-    assert train_seconds + seconds < 60, (train_seconds, seconds)
     printed = capsys.readouterr().out
     for suite_id in ("S0", "S1", "S2", "S3", "S4", "G1", "G2", "G3", "G4", "D1", "D2", "D3", "D4", "LC", "RLD"):
         assert f"\n{suite_id} " in printed, suite_id
@@ -55,7 +50,7 @@ def test_diagnose_a_trainer_run_end_to_end(trained_run, capsys):
 
 
 def test_diagnose_a_checkpoint_folder_with_other_data(trained_run, tmp_path, capsys):
-    run_dir, _ = trained_run
+    run_dir = trained_run
     text = tmp_path / "other.txt"
     text.write_text(DATA.read_text(encoding="utf-8")[:5000], encoding="utf-8")
     out = tmp_path / "report"
@@ -71,7 +66,7 @@ def test_diagnose_a_checkpoint_folder_with_other_data(trained_run, tmp_path, cap
     (["diagnose", "RUN", "--seq-len", "x"], "--seq-len must be an integer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, trained_run, capsys):
-    argv = [str(trained_run[0]) if a == "RUN" else a for a in argv]
+    argv = [str(trained_run) if a == "RUN" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

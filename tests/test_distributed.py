@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -204,14 +203,14 @@ def test_one_process_checkpoint_resumes_on_two_fsdp_ranks_via_nproc(workdir, ref
 # ---- failures --------------------------------------------------------------------------------------
 
 def test_a_crashed_rank_ends_the_job_with_its_error(workdir):
-    start = time.monotonic()
+    # The collective timeout (an hour) is far past the run's own limit (train's subprocess timeout, which
+    # raises): the job can only end through the crash itself.
     result = train("--data", workdir / "text.txt", "--steps", STEPS, "--batch-size", 4, "--out", workdir / "crash",
-                   "--set", "train.dist_timeout=300", cache=workdir / "cache", nproc=2,
+                   "--set", "train.dist_timeout=3600", cache=workdir / "cache", nproc=2,
                    fault="crash:1:2")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "injected fault: rank 1 crashed at step 2" in output
-    assert time.monotonic() - start < 150  # ended by the crash, not by the 300 s collective timeout
 
 
 def test_a_silent_rank_ends_the_job_after_the_timeout(workdir):

@@ -4,7 +4,6 @@ The kernels themselves are checked against these on the GPU (tests/test_gpu_fast
 """
 import pytest
 import torch
-import triton
 
 from groundthink.ops.backend import fused_ops_wanted, pick_configs
 from groundthink.ops.norms import RMSNorm
@@ -46,7 +45,10 @@ def test_token_shift_with_previous_token():
     assert torch.equal(token_shift_delta(x, previous)[:, 0], previous - x[:, 0])
 
 
+@pytest.mark.extra("fla")
 def test_quick_autotune_keeps_smallest_and_largest_block_with_few_stages():
+    import triton
+
     configs = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s)
                for bk in (32, 64) for bv in (32, 64) for w in (1, 2, 4, 8) for s in (2, 3, 4)]
     kept = pick_configs(configs)
@@ -56,7 +58,10 @@ def test_quick_autotune_keeps_smallest_and_largest_block_with_few_stages():
     assert [(c.num_warps, c.num_stages) for c in pick_configs(only_warps)] == [(2, 1)]
 
 
+@pytest.mark.extra("fla")
 def test_quick_autotune_cuts_after_the_kernels_own_pruning():
+    import triton
+
     from groundthink.ops.backend import quicken_autotuner
 
     @triton.jit
@@ -159,6 +164,7 @@ def ddlerp_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
                                   ddlerp_results(device, dtype, ddlerp_torch))}
 
 
+@pytest.mark.extra("fla")
 def test_ddlerp_triton_kernel_under_the_interpreter():
     # Triton's interpreter runs the kernels on CPU (float32 only: numpy has no bf16); the GPU test covers bf16.
     # A fresh process: the interpreter is chosen when a kernel is defined.

@@ -3,7 +3,7 @@
 FLA's layers cannot run on CPU only because a few of their pieces are Triton kernels. For the functional
 parity test those pieces are swapped for FLA's own pure-PyTorch references (token shift, the RWKV-6
 recurrence, GroupNorm, gated RMSNorm) or PyTorch's SiLU (FLA's ``swish`` is a Triton kernel with the same
-math); everything else is FLA's code. Skipped where FLA or Triton cannot be imported (CI installs both).
+math); everything else is FLA's code. Needs the ``fla`` extra (Triton): skipped without it.
 """
 import warnings
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton")
-pytest.importorskip("fla")
+from extras import require_extra
+
+require_extra("fla")
+pytestmark = pytest.mark.extra("fla")
 
 from fla.layers.mamba2 import Mamba2 as FLAMamba2  # noqa: E402
 from fla.layers.rwkv6 import RWKV6Attention  # noqa: E402

@@ -260,8 +260,8 @@ def test_cli_generate_bad_input_is_one_line(run_dir, capsys, argv, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.extra("hf")
 def test_cli_export_writes_a_folder_that_loads_exactly(run_dir, tmp_path, capsys):
-    pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM
 
     import groundthink.hf  # noqa: F401 - registers the Auto classes

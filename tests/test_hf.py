@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from extras import require_extra
+
+require_extra("hf")
+pytestmark = pytest.mark.extra("hf")
+import transformers  # noqa: E402
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
@@ -145,6 +149,16 @@ def test_export_refuses_a_non_empty_folder_and_a_mismatched_tokenizer(tmp_path):
     with pytest.raises(UserError, match="tokenizer has"):
         export_hf(tiny_model("RWKV6", vocab_size=10), TOKENIZER, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_export_to_or_under_a_file_is_one_line_and_keeps_the_file(tmp_path):
+    model = tiny_model("RWKV6", vocab_size=VOCAB)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt is a file; choose a new folder name"):
+        export_hf(model, TOKENIZER, tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="notes.txt is a file; choose another place"):
+        export_hf(model, TOKENIZER, tmp_path / "notes.txt" / "hf")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):

@@ -11,11 +11,8 @@ import textwrap
 
 import pytest
 import torch
-import triton
-from triton.runtime.cache import FileCacheManager
 
 from groundthink.ops import backend, fla_hopper, kernel_cache
-from groundthink.ops.autotune_cache import AUTOTUNE_SUFFIX, AutotuneCacheManager, install_autotune_cache
 from groundthink.ops.child_check import STARTED_MARK, ChildCheck, failure_reason
 
 H200 = {"gpu": "NVIDIA H200", "capability": "9.0"}
@@ -226,7 +223,7 @@ def test_failure_reason_from_text():
     assert failure_reason(chained, 1) == "ValueError: the final one (exit status 1)"
 
 
-# FLA's autotune entries in Triton's cache.
+# FLA's autotune entries in Triton's cache (Triton imported in these tests only: the fla extra).
 
 def triton_entry(timings: dict) -> str:
     """An entry as Triton's Autotuner.check_disk_cache writes it (json of the key and config/timing pairs)."""
@@ -234,18 +231,25 @@ def triton_entry(timings: dict) -> str:
                        "configs_timings": [(config.__dict__, t) for config, t in timings.items()]})
 
 
-def read_like_triton(path) -> triton.Config:
+def read_like_triton(path):
     """What Triton's reader does with an entry: rebuild the configs, take the fastest."""
+    import triton
+
     with open(path) as f:
         timings = {triton.Config(**fields): t for fields, t in json.load(f)["configs_timings"]}
     return min(timings, key=timings.get)
 
 
-class H100Manager(AutotuneCacheManager):
-    gpu_name = staticmethod(lambda: "NVIDIA H100 80GB HBM3")
-
-
+@pytest.mark.extra("fla")
 def test_autotune_entry_hit_miss_corrupt_and_other_gpu(tmp_path, monkeypatch):
+    import triton
+    from triton.runtime.cache import FileCacheManager
+
+    from groundthink.ops.autotune_cache import AUTOTUNE_SUFFIX, AutotuneCacheManager
+
+    class H100Manager(AutotuneCacheManager):
+        gpu_name = staticmethod(lambda: "NVIDIA H100 80GB HBM3")
+
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     fast, slow = triton.Config({"BK": 64}, num_warps=4, num_stages=2), triton.Config({"BK": 32}, num_warps=8)
     name = "chunk_fwd_kernel" + AUTOTUNE_SUFFIX
@@ -270,10 +274,13 @@ def test_autotune_entry_hit_miss_corrupt_and_other_gpu(tmp_path, monkeypatch):
     assert manager.put(b"\x7fELF", "kernel.cubin") == FileCacheManager("samehash").get_file("kernel.cubin")
 
 
+@pytest.mark.extra("fla")
 def test_install_keeps_a_manager_the_user_set(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     from triton import knobs
-    from triton.runtime.cache import get_cache_manager
+    from triton.runtime.cache import FileCacheManager, get_cache_manager
+
+    from groundthink.ops.autotune_cache import AutotuneCacheManager, install_autotune_cache
 
     class Mine(FileCacheManager):
         pass
@@ -287,6 +294,7 @@ def test_install_keeps_a_manager_the_user_set(tmp_path, monkeypatch):
         knobs.cache.manager_class = knobs.env
 
 
+@pytest.mark.extra("fla")
 def test_every_fla_autotuner_is_prepared():
     # In a fresh process (FLA's autotuners are module state): quick cut and the on-disk switch reach all.
     code = textwrap.dedent("""
@@ -313,6 +321,7 @@ def test_every_fla_autotuner_is_prepared():
 
 # Warm-start records.
 
+@pytest.mark.extra("fla")  # records name Triton's cache folder
 def test_warm_start_records(tmp_path, monkeypatch):
     on_gpu(monkeypatch)
     monkeypatch.setattr(kernel_cache, "fla_available", lambda: True)

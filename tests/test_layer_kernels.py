@@ -14,7 +14,11 @@ import tempfile
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+from extras import require_extra
+
+require_extra("fla")  # Triton (its interpreter runs the kernels on CPU)
+pytestmark = pytest.mark.extra("fla")
+import triton  # noqa: E402
 
 # Shapes chosen so that no tile is full: odd head sizes and state sizes, sequences not a multiple of the
 # kernels' token blocks (and one shorter than the convolution window), one and two groups.

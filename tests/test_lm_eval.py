@@ -8,8 +8,11 @@ import json
 import pytest
 import torch
 
-lm_eval = pytest.importorskip("lm_eval")
-pytest.importorskip("transformers")
+from extras import require_extra
+
+require_extra("eval")
+pytestmark = pytest.mark.extra("eval")
+import lm_eval  # noqa: E402
 
 from groundthink.hf import export_hf  # noqa: E402
 from groundthink.inference import generate  # noqa: E402

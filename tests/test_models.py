@@ -192,8 +192,10 @@ def test_list_models(capsys):
     assert capsys.readouterr().out == ""  # show=False prints nothing
     assert list_models(show=True, **TINY) == ALL_KEYS
     table = capsys.readouterr().out.splitlines()
-    assert ["key", "description", "fusion/block", "total", "params"] == table[0].split()
-    rows = {line.split()[0]: line for line in table[2:]}
+    assert table[0].startswith("counted at ") and "hidden_size=" in table[0]  # the shape, then the table
+    start = table.index("") + 1
+    assert ["key", "description", "fusion/block", "total", "params"] == table[start].split()
+    rows = {line.split()[0]: line for line in table[start + 2:]}
     assert list(rows) == ALL_KEYS
     for key in ALL_KEYS:
         assert rows[key].split()[-1] == f"{count_parameters(tiny(key))['total']:,}"

@@ -166,16 +166,11 @@ def test_ssd_chunked_gradcheck():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Against FLA's own pure-PyTorch references (skipped where FLA / Triton cannot be imported)
+# Against FLA's own pure-PyTorch references (the ``fla`` extra: FLA's modules import Triton)
 
-@pytest.fixture(scope="module")
-def fla():
-    pytest.importorskip("triton")
-    return pytest.importorskip("fla")
-
-
+@pytest.mark.extra("fla")
 @pytest.mark.parametrize("T", [1, 37])
-def test_rwkv6_naive_matches_fla_reference(fla, T):
+def test_rwkv6_naive_matches_fla_reference(T):
     from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
 
     r, k, v, w, u, h0 = rwkv6_inputs(T, dtype=torch.float32)
@@ -188,8 +183,9 @@ def test_rwkv6_naive_matches_fla_reference(fla, T):
     assert rel_err(s, s_fla) < 1e-5
 
 
+@pytest.mark.extra("fla")
 @pytest.mark.parametrize("T", [1, 37])
-def test_ssd_matches_fla_simple_gla_reference(fla, T):
+def test_ssd_matches_fla_simple_gla_reference(T):
     """The CUDA dispatch computes SSD as simple GLA (q=C, k=B, v=dt*x, g=dt*A): check that identity with
     FLA's reference loop. FLA's state is [K=N, V=P]; ours is Mamba's [P, N]."""
     from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
@@ -202,8 +198,9 @@ def test_ssd_matches_fla_simple_gla_reference(fla, T):
     assert rel_err(s, s_fla.transpose(-1, -2)) < 1e-5
 
 
+@pytest.mark.extra("fla")
 @pytest.mark.parametrize("T", [1, 37, 100])
-def test_ssd_matches_fla_mamba2_torch_path(fla, T):
+def test_ssd_matches_fla_mamba2_torch_path(T):
     """FLA Mamba2's pure-PyTorch chunked SSD (``torch_forward``), isolated: its projections and norm set to
     identity and its activation to none, so the layer computes ``y = SSD(x, softplus(dt), A, B, C)`` on
     the inputs we choose. Chunk size 16 so the multi-chunk and padding paths run."""

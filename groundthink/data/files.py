@@ -1,4 +1,4 @@
-"""Reading user text files with clear errors, and writing files atomically."""
+"""Reading user text files with clear errors, writing files atomically, with the usual permissions."""
 from __future__ import annotations
 
 import json
@@ -55,6 +55,29 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def current_umask() -> int:
+    """The process's umask: read from /proc on Linux; elsewhere set and put back at once (os has no getter)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_usual_mode(path) -> None:
+    """The mode ``open(path, "w")`` would have given (0666 less the umask) to a file a library created 0600.
+
+    safetensors writes its files 0600, so a run folder's or an exported folder's weights would be readable by
+    their owner only.
+    """
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def fsync_dir(path) -> None:

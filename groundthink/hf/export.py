@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
+from groundthink.data.files import give_usual_mode
 from groundthink.errors import UserError
 from groundthink.hf.modeling import GroundThinkForCausalLM
 from groundthink.hf.tokenizer import to_hf_tokenizer
@@ -38,8 +39,13 @@ def export_hf(model, tokenizer, out_dir, eos_token: str | None = None, bos_token
     written.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"export folder {out_dir} is a file; choose a new folder name")
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"export folder {out_dir} already exists and is not empty; choose a new folder")
+    blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"cannot create the export folder {out_dir}: {blocking} is a file; choose another place")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}; export the tokenizer the model was trained with")
@@ -55,12 +61,17 @@ def export_hf(model, tokenizer, out_dir, eos_token: str | None = None, bos_token
             hf_tokenizer.eos_token_id
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # A plain mkdir: the folder gets the usual mode (0777 less the umask); tempfile.mkdtemp's 0700 would stay
+    # on the exported folder after the rename.
+    staging = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         hf_model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
         name_tokenizer_class(staging / "tokenizer_config.json")
         (staging / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE, encoding="utf-8")
+        for path in staging.iterdir():
+            give_usual_mode(path)  # the weights: safetensors creates 0600 files
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(staging, out_dir)

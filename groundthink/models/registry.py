@@ -1,6 +1,8 @@
 """The model registry: one table of keys -> (description, config overrides)."""
 from __future__ import annotations
 
+import textwrap
+
 from groundthink.models.config import ModelConfig
 from groundthink.models.model import GroundThinkLM
 from groundthink.models.params import count_parameters
@@ -50,7 +52,28 @@ def list_models(show: bool = False, **overrides) -> list[str]:
     return keys
 
 
+# The ModelConfig fields that set how many parameters a model has (named in the table's header).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "n_layers", "ffn_mult", "rwkv_heads", "rwkv_expand_k", "rwkv_expand_v",
+                "mamba_expand", "mamba_head_dim", "mamba_state_size", "mamba_conv_kernel", "attn_heads",
+                "max_position_embeddings")
+TABLE_WIDTH = 100  # terminal columns
+# The fields each key sets itself (its fusion, gate start, layer pattern).
+PER_KEY_FIELDS = frozenset(name for _, settings in REGISTRY.values() for name in settings)
+
+
+def shape_header(**overrides) -> str:
+    """The shape the table counts at (every key shares it), as ``field=value`` in ``--set model.`` names."""
+    config = get_config(next(iter(REGISTRY)), **overrides)
+    fields = [f"{name}={getattr(config, name)}" for name in SHAPE_FIELDS]
+    defaults = ModelConfig()
+    fields += [f"{name}={value!r}" for name, value in overrides.items()
+               if name not in SHAPE_FIELDS and (name in PER_KEY_FIELDS or value != getattr(defaults, name))]
+    return textwrap.fill("counted at " + ", ".join(fields), width=TABLE_WIDTH, subsequent_indent="  ",
+                         break_on_hyphens=False)
+
+
 def models_table(**overrides) -> str:
+    """The registry as a table (key, description, fusion parameters per block, total), under its shape."""
     rows = [("key", "description", "fusion/block", "total params")]
     for key, (description, _) in REGISTRY.items():
         model = get_model(key, **overrides)
@@ -62,4 +85,4 @@ def models_table(**overrides) -> str:
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([shape_header(**overrides), "", *lines])

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
-from groundthink.data.files import atomic_write_text, fsync_dir
+from groundthink.data.files import atomic_write_text, fsync_dir, give_usual_mode
 from groundthink.data.tokenizers import load_tokenizer
 from groundthink.errors import UserError
 from groundthink.models.model import GroundThinkLM
@@ -89,6 +89,7 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, state: dict, met
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS))
+    give_usual_mode(tmp / WEIGHTS)  # safetensors creates 0600: others could not read the run's weights
     torch.save(state, tmp / STATE)
     (tmp / META).write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=1), encoding="utf-8")
     for name in (WEIGHTS, STATE, META):
