@@ -21,6 +21,7 @@ COMMANDS = {
     "diagnose": "groundthink.cli.diagnose",
     "bench": "groundthink.cli.bench",
     "sweep": "groundthink.cli.sweep",
+    "recall-probe": "groundthink.cli.recall",
 }
 
 
