@@ -28,13 +28,14 @@ from groundthink.devices import resolve_device
 from groundthink.errors import UserError
 from groundthink.models.model import GroundThinkLM
 from groundthink.models.registry import get_config
-from groundthink.training.config import TrainConfig
+from groundthink.training.cuda_graph import TrainStep, make_adamw, set_lr
 from groundthink.training.evaluation import autocast_for
-from groundthink.training.optim import build_optimizer
+from groundthink.training.optim import parameter_groups
 from groundthink.training.schedule import lr_at
 
 RESULTS = "results.json"
 ABLATIONS = ("rwkv6", "mamba2")
+AMP_DTYPES = {"auto": "auto", "fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -60,6 +61,8 @@ class ProbeOptions:
         for name in ("vocab_size", "hidden_size", "layers", "attention_layers", "steps", "batch_size", "test_examples"):
             if getattr(self, name) < 1:
                 raise UserError(f"recall probe: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in AMP_DTYPES:
+            raise UserError(f"recall probe: precision {self.precision!r} is unknown; valid: {', '.join(AMP_DTYPES)}")
         if not self.settings or not self.models or not self.lrs or not self.seeds:
             raise UserError("recall probe: settings, models, learning rates and seeds must each name at least one")
         for seq_len, pairs in self.settings:
@@ -90,21 +93,20 @@ def train_and_score(options: ProbeOptions, key: str, setting: MQARSetting, lr: f
     autocast = autocast_for(device, options.precision)
     torch.manual_seed(seed)
     model = GroundThinkLM(options.model_config(key)).to(device)
-    optimizer = build_optimizer(model, TrainConfig(lr=lr, weight_decay=options.weight_decay, beta2=0.99))
+    groups = parameter_groups(model, lr, options.weight_decay)
+    optimizer = make_adamw(groups, lr=lr, betas=(0.9, 0.99), weight_decay=options.weight_decay, device=device)
+    # The trainer's step: on CUDA captured once as a CUDA graph and replayed (these small models are bound
+    # by kernel launches), on CPU the same step eagerly.
+    step_fn = TrainStep(model, optimizer, options.batch_size, setting.seq_len, grad_clip=1.0,
+                        amp_dtype=AMP_DTYPES[options.precision],
+                        loss_fn=lambda model, inputs, targets: answer_loss(model(inputs).logits, targets))
     batches = torch.Generator().manual_seed(1000 * seed + setting.seq_len)  # the same for every model
     start, losses = time.perf_counter(), []
     model.train()
     for step in range(options.steps):
         inputs, targets = (t.to(device, non_blocking=True) for t in mqar_batch(setting, options.batch_size, batches))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr, lr / 10, options.steps, options.warmup_ratio) * group["lr_mult"]
-        with autocast():
-            loss = answer_loss(model(inputs).logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.detach())
+        set_lr(optimizer, lr_at(step, lr, lr / 10, options.steps, options.warmup_ratio))
+        losses.append(step_fn(inputs, targets).loss.clone())
     tail = torch.stack(losses[-max(1, options.steps // 10):]).float().mean().item()
     entry = {"model": key, "seq_len": setting.seq_len, "pairs": setting.pairs, "lr": lr, "seed": seed,
              "params": model.num_params, "steps": options.steps, "final_train_loss": tail,
