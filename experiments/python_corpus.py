@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's groundthink
 
-from groundthink.data.cache import cached_bpe, encode_array  # noqa: E402
-from groundthink.data.files import atomic_write_text  # noqa: E402
+from groundthink.data.cache import cached_bpe, encode_array
+from groundthink.data.files import atomic_write_text
 
 SKIPPED_PARTS = {"site-packages", "dist-packages", "__pycache__"}
 
@@ -61,7 +61,7 @@ def build(roots: list[Path], out: Path, val_share: float = 0.1, tokens_vocab: in
     if tokens_vocab:
         tokenizer = cached_bpe([texts["train"]], tokens_vocab, None)  # as the run trains it: on the train split
         for split in parts:
-            summary[split][f"bpe{tokens_vocab}_tokens"] = int(len(encode_array(texts[split], tokenizer)))
+            summary[split][f"bpe{tokens_vocab}_tokens"] = len(encode_array(texts[split], tokenizer))
     atomic_write_text(out / "corpus.json", json.dumps(summary, indent=1) + "\n")
     return summary
 

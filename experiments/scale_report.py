@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's groundthink
 
-from groundthink.errors import UserError  # noqa: E402
-from groundthink.experiments.scale import write_scale_report  # noqa: E402
-from groundthink.experiments.spec import load_spec  # noqa: E402
+from groundthink.errors import UserError
+from groundthink.experiments.scale import write_scale_report
+from groundthink.experiments.spec import load_spec
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """Token-level MQAR (data/mqar.py) and the per-branch recall probe (experiments/recall_probe.py)."""
 import json
+import math
 
 import pytest
 import torch
@@ -103,3 +104,10 @@ def test_bad_probe_flags_are_one_line_errors(flags, message, capsys, tmp_path):
     assert main(["recall-probe", "--out", str(tmp_path), "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err, err
+
+
+@pytest.mark.gpu
+def test_the_probe_trains_through_the_captured_step_on_cuda(tmp_path):
+    options = ProbeOptions(models=["GF-MH", "GPT2"], steps=8, lrs=[1e-3], **{**TINY, "device": "cuda"})
+    for entry in run_probe(options, tmp_path, log=lambda line: None)["entries"]:
+        assert math.isfinite(entry["final_train_loss"]) and 0 <= entry["accuracy"] <= 1

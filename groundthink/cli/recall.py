@@ -45,6 +45,13 @@ def listed(text: str, kind, what: str) -> list:
     return [coerce(item, kind, what, True) for item in items]
 
 
+def single(text: str, kind, what: str):
+    values = listed(text, kind, what)
+    if len(values) != 1:
+        raise UserError(f"{what} takes one value, got {text!r}")
+    return values[0]
+
+
 def settings_of(text: str) -> list[tuple[int, int]]:
     pairs = []
     for item in listed(text, str, "--settings"):
@@ -71,14 +78,13 @@ def model_settings(overrides: list[str]) -> dict:
 def run(args) -> int:
     from groundthink.experiments.recall_probe import ProbeOptions, run_probe
 
-    one = lambda text, kind, what: listed(text, kind, what)[0]  # noqa: E731 - a single number, same checks
     options = ProbeOptions(
         settings=settings_of(args.settings), models=listed(args.models, str, "--models"),
-        vocab_size=one(args.vocab, int, "--vocab"), hidden_size=one(args.hidden, int, "--hidden"),
-        layers=one(args.layers, int, "--layers"), attention_layers=one(args.attention_layers, int, "--attention-layers"),
-        model_settings=model_settings(args.overrides), steps=one(args.steps, int, "--steps"),
-        batch_size=one(args.batch_size, int, "--batch-size"), lrs=listed(args.lr, float, "--lr"),
-        test_examples=one(args.test_examples, int, "--test-examples"), seeds=listed(args.seeds, int, "--seeds"),
+        vocab_size=single(args.vocab, int, "--vocab"), hidden_size=single(args.hidden, int, "--hidden"),
+        layers=single(args.layers, int, "--layers"), attention_layers=single(args.attention_layers, int, "--attention-layers"),
+        model_settings=model_settings(args.overrides), steps=single(args.steps, int, "--steps"),
+        batch_size=single(args.batch_size, int, "--batch-size"), lrs=listed(args.lr, float, "--lr"),
+        test_examples=single(args.test_examples, int, "--test-examples"), seeds=listed(args.seeds, int, "--seeds"),
         device=args.device, precision=args.precision)
     argv = ["groundthink", "recall-probe"] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                                                if k not in ("func", "command", "overrides")]
