@@ -53,9 +53,9 @@ class ModelConfig:
     # Regularization (nanoGPT's places): the embeddings, each block's mixer output and FFN output before
     # the residual add, and attention probabilities. Training only; 0 = off (no random numbers drawn).
     dropout: float = 0.0
-    # Initialization of the GPT-2 parts (embeddings, attention, FFN): "torch" = PyTorch's defaults (the
-    # embeddings normal(0, 0.02)); "gpt2" = GPT-2's, as nanoGPT and Hugging Face apply it (model.py).
-    # RWKV-6 and Mamba-2 keep FLA's initialization either way.
+    # Initialization of the attention and FFN linears: "torch" = PyTorch's defaults; "gpt2" = GPT-2's, as
+    # nanoGPT and Hugging Face apply it (model.py). Embeddings start at normal(0, 0.02) under both; RWKV-6
+    # and Mamba-2 keep FLA's initialization either way.
     init: str = "torch"
 
     def __post_init__(self):
