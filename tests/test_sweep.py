@@ -295,7 +295,8 @@ SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
 def test_the_shipped_sweeps_load():
     names = {path.stem for path in SWEEPS}
-    assert names == {"fusion", "extreme-ratios", "baselines", "sequential", "interventions", "long-context"}
+    assert names == {"fusion", "extreme-ratios", "baselines", "sequential", "interventions", "long-context",
+                     "baby-gpt", "scale-9m", "scale-30m"}
     for path in SWEEPS:
         spec = load_spec(path)
         assert spec.name == path.stem and spec.runs

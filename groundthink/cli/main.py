@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": "groundthink.cli.bench",
     "sweep": "groundthink.cli.sweep",
     "plot": "groundthink.cli.plot",
+    "recall-probe": "groundthink.cli.recall",
 }
 
 

@@ -14,11 +14,12 @@ class KVCache(NamedTuple):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int):
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"attention heads ({num_heads}) must divide hidden_size ({hidden_size})")
         self.num_heads = num_heads
+        self.dropout = dropout  # on the attention probabilities, in training only
         self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
 
@@ -30,12 +31,13 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([state.key.to(k.dtype), k], dim=2)
             v = torch.cat([state.value.to(v.dtype), v], dim=2)
         past = k.shape[2] - seq_len
+        dropout = self.dropout if self.training else 0.0
         if past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             # Query i sits at absolute position past + i and sees keys 0..past + i.
             keys = torch.arange(k.shape[2], device=x.device)
             mask = keys[None, :] <= (past + torch.arange(seq_len, device=x.device))[:, None]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, seq_len, hidden)
         return self.o_proj(out), KVCache(k, v)

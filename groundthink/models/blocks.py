@@ -53,6 +53,9 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.ffn = FFN(cfg.hidden_size, cfg.ffn_mult)
+        # model.dropout on the mixer's and the FFN's output before each residual add (Identity at 0, so a
+        # run without dropout draws no random numbers).
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
         self.record = False
         self.ablate: set[str] = set()
         self.last_stats: dict[str, torch.Tensor] = {}
@@ -65,8 +68,8 @@ class Block(nn.Module):
 
     def forward(self, x, state=None):
         mixed, new_state = self.mix(self.norm(x), state)
-        x = x + mixed
-        return x + self.ffn(self.ffn_norm(x)), new_state
+        x = x + self.dropout(mixed)
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), new_state
 
 
 class ParallelHybridBlock(Block):
@@ -133,7 +136,7 @@ class AttentionBlock(Block):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.attention = CausalSelfAttention(cfg.hidden_size, cfg.attn_heads)
+        self.attention = CausalSelfAttention(cfg.hidden_size, cfg.attn_heads, cfg.dropout)
 
     def mix(self, h, state):
         out, cache = self.attention(h, None if state is None else state["attention"])

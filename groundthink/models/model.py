@@ -1,6 +1,7 @@
 """The language model: token embedding -> N blocks -> RMSNorm -> head tied to the embedding."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class GroundThinkLM(nn.Module):
         self.norm_out = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
+        self.embed_dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        if config.init == "gpt2":
+            gpt2_init(self)
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
@@ -60,6 +64,7 @@ class GroundThinkLM(nn.Module):
                 raise ValueError(f"sequence reaches position {end} but max_position_embeddings is "
                                  f"{self.config.max_position_embeddings}; raise model.max_position_embeddings")
             x = x + self.pos_embed(torch.arange(position_offset, end, device=input_ids.device))
+        x = self.embed_dropout(x)
         new_states = []
         for i, layer in enumerate(self.layers):
             x, layer_state = layer(x, None if states is None else states[i])
@@ -106,3 +111,24 @@ class GroundThinkLM(nn.Module):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# The projections that write into the residual stream (GPT-2's c_proj of attention and MLP).
+RESIDUAL_PROJECTIONS = ("attention.o_proj", "ffn.down")
+
+
+@torch.no_grad()
+def gpt2_init(model: GroundThinkLM) -> None:
+    """GPT-2's initialization, as nanoGPT and Hugging Face apply it, for the GPT-2 parts of any model.
+
+    Every linear of attention and FFN: normal(0, 0.02), biases zero; the residual output projections:
+    normal(0, 0.02 / sqrt(2 * n_layers)) (two residual adds per block). The embeddings already start at
+    normal(0, 0.02) under either init; RWKV-6, Mamba-2 and the fusion keep their own initialization.
+    """
+    residual_std = 0.02 / math.sqrt(2 * model.config.n_layers)
+    for layer in model.layers:
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear) and name.split(".")[0] in ("attention", "ffn"):
+                nn.init.normal_(module.weight, std=residual_std if name in RESIDUAL_PROJECTIONS else 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
