@@ -1,4 +1,4 @@
-"""CPU training throughput of GF-MH at the seeds' char config (hidden 128, 8 blocks, batch 32 x seq 64):
+"""CPU training throughput of GF-MH at the seed design's char config (hidden 128, 8 blocks, batch 32 x seq 64):
 a bare loop (sample a batch, forward, backward, clip, AdamW step) against ``Trainer.fit`` on the same model,
 data and optimizer, so the number is the trainer's overhead and nothing else.
 

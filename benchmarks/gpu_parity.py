@@ -15,7 +15,7 @@ Three groups of checks, each entry one tensor (max abs error, relative L2 error,
 - ``ops``: the scans as the layers call them on CUDA (FLA's Triton kernels; ``mamba_ssm`` if installed)
   against GroundThink's chunked PyTorch scans in float64 on CPU, with an initial state; output, final state
   and the gradient of every input.
-- ``model``: the seeds' GF-MH (hidden 128, 8 blocks, vocab 65) on CUDA against the same weights on CPU
+- ``model``: the seed design's GF-MH (hidden 128, 8 blocks, vocab 65) on CUDA against the same weights on CPU
   (float64): logits, loss and every parameter's gradient, each gradient's tolerance scaled by how much its sum
   cancels on the reference (``grad_sums.py``).
 
@@ -49,7 +49,7 @@ TOLERANCES = {
     "fp32": {"out": 2e-3, "grad": 1e-2},
     "bf16": {"out": 5e-2, "grad": 5e-2},
 }
-# Layer arguments: what GroundThink's blocks pass at the seeds' size (SPEC §1).
+# Layer arguments: what GroundThink's blocks pass at the seed design's size (docs/design.md#block).
 RWKV6_ARGS = dict(hidden_size=128, expand_k=0.5, expand_v=1.0, num_heads=4, norm_eps=1e-5)
 MAMBA2_ARGS = dict(hidden_size=128, head_dim=64, expand=2, state_size=128, conv_kernel=4, norm_eps=1e-5)
 MODEL_ARGS = dict(vocab_size=65, hidden_size=128, n_layers=8)
@@ -177,7 +177,7 @@ def layer_parity(kind: str, precision: str, seq_len: int = 100, batch: int = 2, 
 # Ops: the CUDA dispatch (FLA / mamba_ssm kernels) vs the chunked PyTorch scans on CPU, float64
 
 def scan_inputs(kind: str, seq_len: int, seed: int = 0, batch: int = 2, heads: int = 4):
-    """Inputs shaped and scaled as the layers produce them at the seeds' size."""
+    """Inputs shaped and scaled as the layers produce them at the seed design's size."""
     g = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     if kind == "rwkv6":

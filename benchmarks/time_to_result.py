@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_result.py --data ../shared/data --json benchmarks/results/<date>-<gpu>/time_to_result.json
 
-Cases: ``readme-main`` (``groundthink train``, the README's main command), ``char-1000`` (the seeds' char run:
+Cases: ``readme-main`` (``groundthink train``, the README's main command), ``char-1000`` (the seed design's char run:
 ``--config configs/shakespeare-char.yaml``, GF-MH, 1000 steps, 10 evaluations, checkpoints) and
 ``fusion-sweep`` (``groundthink sweep configs/sweeps/fusion.yaml``: 12 variants x 3 seeds). ``cold`` runs
 with empty on-disk caches (GroundThink's and Triton's: kernels compile and autotune from nothing, as on a

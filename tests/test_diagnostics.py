@@ -1,4 +1,4 @@
-"""Diagnostics: SPEC §4 metrics, the S/G/D suites of SPEC §5, the analyses, report and plots.
+"""Diagnostics: docs/design.md#balance-metrics metrics, the S/G/D suites of docs/design.md#diagnostics, the analyses, report and plots.
 
 A tiny GF-MH is trained for a few real AdamW steps on Tiny Shakespeare (characters) and diagnosed once;
 crafted models must fail the suites meant to catch them: Mamba output forced to zero (D3, D4), states that
@@ -89,24 +89,24 @@ def suite_status(model, val, *ids):
     return {r.id: r for r in run_suites(probe_for(model, val), functions)}
 
 
-# ---- thresholds reproduce the seeds' verdicts ----------------------------------------------------
+# ---- thresholds reproduce the seed design's verdicts ----------------------------------------------------
 
 def test_thresholds_reproduce_seed_verdicts():
-    assert T.G4_GRAD_RATIO.check(0.10) == "WARN" and T.G4_GRAD_RATIO.check(0.08) == "FAIL"  # seed 000 Obs. 8
+    assert T.G4_GRAD_RATIO.check(0.10) == "WARN" and T.G4_GRAD_RATIO.check(0.08) == "FAIL"  # the seed design Obs. 8
     assert T.G4_GRAD_RATIO.check(0.45) == "PASS" and T.G4_GRAD_RATIO.check(3.5) == "WARN"
-    assert T.D3_MIN_ABLATION_SHARE.check(0.002) == "WARN"       # seed 004: D3 WARN, Mamba 0.2%
+    assert T.D3_MIN_ABLATION_SHARE.check(0.002) == "WARN"       # the seed design: D3 WARN, Mamba 0.2%
     assert T.D3_MIN_ABLATION_SHARE.check(0.0) == "FAIL"
-    assert T.D1_NORM_GROWTH.check(2.5) == "WARN"                 # seed 004: D1 WARN, RWKV grows 2.5x
-    assert T.S4_STATE_VARIANCE_RATIO.check(108_583) == "WARN"    # seed 004: S4 WARN
+    assert T.D1_NORM_GROWTH.check(2.5) == "WARN"                 # the seed design: D1 WARN, RWKV grows 2.5x
+    assert T.S4_STATE_VARIANCE_RATIO.check(108_583) == "WARN"    # the seed design: S4 WARN
     assert T.G2_INIT_ENTROPY.check(5.46) == "WARN" and T.G2_INIT_ENTROPY.check(1.9) == "FAIL"
-    assert T.LONG_CONTEXT_PPL_RATIO.check(1.04) == "PASS"        # seed 004: 1.04x at 512 tokens
-    assert T.ABLATION_INTERACTION_RATIO.check(999.0) == "FAIL"   # seed 004: RWKV 99.9% / Mamba 0.1%
+    assert T.LONG_CONTEXT_PPL_RATIO.check(1.04) == "PASS"        # the seed design: 1.04x at 512 tokens
+    assert T.ABLATION_INTERACTION_RATIO.check(999.0) == "FAIL"   # the seed design: RWKV 99.9% / Mamba 0.1%
     assert T.G3_GRAD_NORM.check(3.0) == "WARN" and T.G3_LOSS_RATIO.check(1.0) == "FAIL"
     assert all(band.check(float("nan")) == "FAIL" for band in (T.G4_GRAD_RATIO, T.D1_NORM_GROWTH, T.S2_RELATIVE_STATE_DIFF))
     assert T.G4_GRAD_RATIO.describe() == "PASS [0.3, 3]; WARN [0.1, 10]"
 
 
-# ---- SPEC §4 metrics -----------------------------------------------------------------------------
+# ---- docs/design.md#balance-metrics metrics -----------------------------------------------------------------------------
 
 def test_balance_metrics_follow_spec_definitions(trained, corpus):
     _, _, val = corpus
@@ -165,7 +165,7 @@ def test_diagnose_runs_every_suite_and_the_healthy_ones_pass(diagnosis):
         assert status[suite_id] == "PASS", (suite_id, result.result(suite_id))
     assert status["G3"] in ("PASS", "WARN")  # the loss fell in the AdamW loop; WARN only on the grad norm
     assert result.result("G3").data["loss_end"] < result.result("G3").data["loss_start"]
-    assert result.result("S4").data["continuation_error"] <= 1e-5  # S4 may WARN on the seeds' variance ratio
+    assert result.result("S4").data["continuation_error"] <= 1e-5  # S4 may WARN on the seed design's variance ratio
     for r in result.results:
         assert r.status in T.STATUSES
         if r.status in ("PASS", "WARN", "FAIL"):
@@ -240,7 +240,7 @@ def test_states_that_ignore_the_input_fail_s2_and_d2(trained, corpus):
     results = suite_status(freeze_states(trained), corpus[2], "S2", "D2")
     assert results["S2"].status == "FAIL" and results["S2"].value == 0.0
     assert results["D2"].status == "FAIL"
-    # One frozen branch: S2 fails (every branch must vary), D2 warns (the seeds' rule: one of two frozen).
+    # One frozen branch: S2 fails (every branch must vary), D2 warns (the seed design's rule: one of two frozen).
     results = suite_status(freeze_states(trained, ["mamba2"]), corpus[2], "S2", "D2")
     assert results["S2"].status == "FAIL" and "mamba" in results["S2"].detail
     assert results["D2"].status == "WARN" and "mamba" in results["D2"].detail

@@ -21,7 +21,7 @@ from fla.layers.rwkv6 import RWKV6Attention  # noqa: E402
 
 from groundthink.layers import RWKV6, Mamba2  # noqa: E402
 
-# The arguments our blocks use at the seeds' size, and one other size each.
+# The arguments our blocks use at the seed design's size, and one other size each.
 RWKV6_CONFIGS = [
     dict(hidden_size=128, expand_k=0.5, num_heads=4),
     dict(hidden_size=64, expand_k=0.5, num_heads=2, proj_low_rank_dim=16, gate_low_rank_dim=32),

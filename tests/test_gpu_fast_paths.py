@@ -271,7 +271,7 @@ def test_rwkv6_scan(T, switch, scan_switch):
 # switch 64: FLA's fused recurrent kernel; 0: chunked (the default), at state sizes 16, 64 and 128 (on Hopper
 # + Triton < 3.7.1 each size takes chunk_simple_gla only if its self-check passes, else chunk_gla: both must
 # match the scan). State 16 with head dim 32 is `groundthink train`'s default model, where the self-check's
-# kernel faulted on an H100 (it now runs in a child process); the larger states take head dim 64, the seeds'
+# kernel faulted on an H100 (it now runs in a child process); the larger states take head dim 64, the seed design's
 # (benchmarks/gpu_parity.py's), so the suite runs one self-check (a child process compiling FLA's kernels) per
 # state size, not two.
 @pytest.mark.parametrize("T,N,switch", [(64, 64, 64), (64, 64, 0), (200, 16, 0), (200, 64, 0), (200, 128, 0)])

@@ -1,5 +1,5 @@
 """Every registry key: builds, runs forward/backward, is causal, trains; fusion inits and parameter counts
-match SPEC §2."""
+match docs/design.md#fusion."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 from groundthink.layers import build_fusion
 from groundthink.models import REGISTRY, count_parameters, get_config, get_model, list_models
 
-# SPEC §2, written out here independently of the registry so the two are checked against each other.
+# docs/design.md#fusion, written out here independently of the registry so the two are checked against each other.
 SPEC_KEYS = ["HY", "GF", "GF-MH", "GF-RH", "GF-XM", "GF-XR", "HGF", "HGF-MH", "HGF-RH", "CP", "WS", "RF"]
 SPEC_GATE_INIT = {"HY": 0.7, "GF": 0.5, "GF-MH": 0.3, "GF-RH": 0.7, "GF-XM": 0.03, "GF-XR": 0.97,
                   "HGF": 0.5, "HGF-MH": 0.3, "HGF-RH": 0.7, "WS": 0.5, "RF": 0.3}
@@ -32,7 +32,7 @@ def branches_of(model):
 
 def test_registry_has_spec_keys_and_baselines():
     assert set(SPEC_KEYS + BASELINES) <= set(ALL_KEYS)
-    # The seeds' sequential stacks and the 2:1 RWKV:Mamba variant are registered too.
+    # The seed design's sequential stacks and the 2:1 RWKV:Mamba variant are registered too.
     patterns = {key: tiny(key).config.layer_kinds() for key in ALL_KEYS}
     assert any(kinds[:3] == ["R", "M", "M"] for kinds in patterns.values())
     assert any(kinds == ["R", "R", "M"] for kinds in patterns.values())
@@ -46,7 +46,7 @@ def test_forward_backward_finite(key):
     out = model(ids, targets=ids)
     assert out.logits.shape == (2, 19, 29)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
-    # At init the output distribution is near uniform (G2 of the seeds): loss close to ln(vocab).
+    # At init the output distribution is near uniform (G2 of the seed design): loss close to ln(vocab).
     assert abs(out.loss.item() - math.log(29)) < 0.5
     out.loss.backward()
     for name, p in model.named_parameters():
@@ -71,7 +71,7 @@ def test_causal(key):
 
 @pytest.mark.parametrize("key", ALL_KEYS)
 def test_gradients_reach_every_branch(key):
-    """S3 of the seeds: every mixer in every layer receives a nonzero gradient."""
+    """S3 of the seed design: every mixer in every layer receives a nonzero gradient."""
     torch.manual_seed(0)
     model = tiny(key)
     ids = torch.randint(0, 29, (2, 19))
@@ -112,7 +112,7 @@ def test_gf_mh_initial_gate_is_0_3():
     assert len(gates) == 3 and all(abs(g - 0.3) < 1e-6 for g in gates)
 
 
-# HY (free gains) and RF (a correction scale) have no interpolation gate: SPEC §4 reports gate_rwkv for gated
+# HY (free gains) and RF (a correction scale) have no interpolation gate: docs/design.md#balance-metrics reports gate_rwkv for gated
 # variants only, so for them gate_init is checked on the parameters it sets.
 UNGATED_INIT = {"HY": lambda f: (f.gain_rwkv, f.gain_mamba), "RF": lambda f: (f.scale_mamba,)}
 

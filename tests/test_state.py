@@ -79,7 +79,7 @@ def test_initial_state_helpers_are_zero_states():
 
 
 def test_state_depends_on_input():
-    # S2 of the seeds: different inputs give different states (the state is not frozen).
+    # S2 of the seed design: different inputs give different states (the state is not frozen).
     torch.manual_seed(3)
     model = get_model("GF-MH", vocab_size=17, hidden_size=32, n_layers=2, rwkv_heads=2, mamba_head_dim=16,
                       mamba_state_size=16)

@@ -1,4 +1,4 @@
-"""``groundthink diagnose RUN_DIR_or_CHECKPOINT``: every suite of SPEC §5 as one table, plus report.md,
+"""``groundthink diagnose RUN_DIR_or_CHECKPOINT``: every suite of docs/design.md#diagnostics as one table, plus report.md,
 diagnosis.json and PNG plots (default folder: ``RUN_DIR/diagnostics/<checkpoint>``)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``groundthink models``: the registry as a table, counted at a stated shape.
 
-The shape is the registry's defaults (the seeds' char config), changed as for ``groundthink train``: a
+The shape is the registry's defaults (the seed design's char config), changed as for ``groundthink train``: a
 ``--config`` YAML's model section, then the size flags, then ``--set model.KEY=VALUE`` (same parsing and
 validation). The header line names every field the counts depend on.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import groundthink
 from groundthink.errors import UserError
 
-# Common flags and the config field each one sets (the seeds' spellings --batch_size / --seq_len work too).
+# Common flags and the config field each one sets (the seed design's spellings --batch_size / --seq_len work too).
 FLAG_FIELDS = {"model": "model.key", "steps": "train.steps", "batch_size": "train.batch_size",
                "seq_len": "train.seq_len", "data": "data.source", "device": "train.device", "seed": "train.seed"}
 

@@ -1,4 +1,4 @@
-"""Diagnostics: the balance metrics of SPEC §4 and the graduation suites of SPEC §5.
+"""Diagnostics: the balance metrics of docs/design.md#balance-metrics and the graduation suites of docs/design.md#diagnostics.
 
 ``metrics`` (what the trainer logs) is imported eagerly; ``diagnose`` and the rest load on first use, so
 importing the metrics never pulls in matplotlib.

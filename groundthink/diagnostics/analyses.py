@@ -1,7 +1,7 @@
-"""The further checks and analyses of SPEC §5 and the seeds, beside the S/G/D suites.
+"""The further checks and analyses of docs/design.md#diagnostics and the seed design, beside the S/G/D suites.
 
 Component ablation (per layer and overall), state evolution, long-context degradation, gradient coupling,
-per-token-type contribution (the seeds' open questions Q1 / Q5), overfit one batch, beat a random model,
+per-token-type contribution (the seed design's open questions Q1 / Q5), overfit one batch, beat a random model,
 checkpoint reload identical, and a speed profile. Each returns a ``SuiteResult`` (PASS / WARN / FAIL against
 ``thresholds.py``, or INFO for pure measurements) whose ``data`` carries what the plots draw.
 """
@@ -58,7 +58,7 @@ def _state_variance(probe: Probe, inputs: torch.Tensor) -> dict[str, float]:
 
 @suite("EVO", "state evolution")
 def state_evolution(probe: Probe) -> SuiteResult:
-    """State response to input variety (the seeds' Task 59): the spread of the final state's entries for one
+    """State response to input variety (the seed design's Task 59): the spread of the final state's entries for one
     repeated token, two alternating tokens, real text and uniform random tokens; and the state norm along the
     long-context pass. A measurement without a verdict (thresholds.py says why)."""
     if not probe.recurrent:
@@ -96,7 +96,7 @@ def _mean(values):
 def long_context(probe: Probe) -> SuiteResult:
     """Loss by position bucket from 0 to ``long_factor`` x the training length (state carried across
     training windows); the verdict is the perplexity over the last half-window against that over the second
-    half of the first training window (the seeds' 512-vs-64 comparison at seq 64)."""
+    half of the first training window (the seed design's 512-vs-64 comparison at seq 64)."""
     losses = probe.long_pass["token_loss"]              # [n, L]
     length, width = losses.shape[1], max(1, probe.seq_len // 2)
     if length < 2 * probe.seq_len:
@@ -177,7 +177,7 @@ def token_classes(probe: Probe) -> dict[str, torch.Tensor]:
 
 @suite("TOK", "per-token-type")
 def token_types(probe: Probe) -> SuiteResult:
-    """Which token classes lose most when Mamba (or RWKV) is zeroed (the seeds' Q1 / Q5)."""
+    """Which token classes lose most when Mamba (or RWKV) is zeroed (the seed design's Q1 / Q5)."""
     if not probe.hybrid:
         return not_applicable("TOK", "per-token-type", "needs both RWKV-6 and Mamba-2")
     targets = probe.batch[1].cpu()

@@ -14,10 +14,10 @@ __all__ = ["BALANCE_STATS", "BRANCHES", "SHORT_NAME", "branch_grad_norms", "grad
            "ablation_share", "ablation_metrics", "has_both_branches", "balance_metrics"]
 
 
-# ---- the expensive metrics of SPEC §4: state norms and ablation ----------------------------------
+# ---- the expensive metrics of docs/design.md#balance-metrics: state norms and ablation ----------------------------------
 
 def branch_state(layer_state: dict, branch: str) -> torch.Tensor | None:
-    """The recurrent state SPEC §4 measures: ``RWKV6State.wkv`` or ``Mamba2State.ssm`` (None if absent)."""
+    """The recurrent state docs/design.md#balance-metrics measures: ``RWKV6State.wkv`` or ``Mamba2State.ssm`` (None if absent)."""
     state = layer_state.get(branch)
     if state is None:
         return None
@@ -89,7 +89,7 @@ def has_both_branches(model) -> bool:
 
 
 def balance_metrics(model, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Every metric of SPEC §4 for one batch: ``grad_ratio``, ``gate_rwkv``, ``act_var_rwkv`` /
+    """Every metric of docs/design.md#balance-metrics for one batch: ``grad_ratio``, ``gate_rwkv``, ``act_var_rwkv`` /
     ``act_var_mamba``, ``state_norm_rwkv`` / ``state_norm_mamba`` and ``ablation_share`` (per layer where the
     metric is per layer). Metrics that do not apply to the model (a baseline without a branch) are absent.
     The model's own ``.grad`` fields are left untouched (gradients come from ``torch.autograd.grad``).

@@ -71,7 +71,7 @@ class Probe:
     # ---- data -------------------------------------------------------------------------------------
     def _check_tokens(self, tokens) -> torch.Tensor:
         need = self.seq_len * self.options.long_factor + 1
-        if tokens is None:  # the seeds' own probes used uniform random tokens; loss numbers then mean little
+        if tokens is None:  # the seed design's own probes used uniform random tokens; loss numbers then mean little
             generator = torch.Generator().manual_seed(self.options.seed)
             return torch.randint(0, self.vocab_size, (max(need, 4096),), generator=generator)
         if isinstance(tokens, np.ndarray):  # e.g. the trainer's memory-mapped uint16 / int32 token arrays
@@ -164,7 +164,7 @@ class Probe:
 
     @cached_property
     def grad_ratio(self) -> float:
-        """SPEC §4 ``grad_ratio`` on the evaluation batch: ||grad rwkv6.*|| / ||grad mamba2.*||."""
+        """docs/design.md#balance-metrics ``grad_ratio`` on the evaluation batch: ||grad rwkv6.*|| / ||grad mamba2.*||."""
         totals = {b: math.sqrt(sum(layer.get(b, 0.0) ** 2 for layer in self.gradient_norms)) for b in BRANCHES}
         return totals["rwkv6"] / totals["mamba2"] if totals["mamba2"] > 0 else float("inf")
 

@@ -32,7 +32,7 @@ BALANCE_NAMES = ("grad_ratio", "gate_rwkv", "act_var_rwkv", "act_var_mamba", "st
 @dataclass
 class Diagnosis:
     results: list[SuiteResult]        # S0-S4, G1-G4, D1-D4, then the further checks and analyses
-    metrics: dict                      # the balance metrics of SPEC §4, overall and per layer
+    metrics: dict                      # the balance metrics of docs/design.md#balance-metrics, overall and per layer
     info: dict                         # what was diagnosed: model, data, options
     files: list[Path] = field(default_factory=list)
 
@@ -68,7 +68,7 @@ def format_table(results: list[SuiteResult], width: int = TABLE_WIDTH) -> str:
 
 
 def balance_metrics(probe: Probe) -> dict:
-    """SPEC §4 from the probe's shared passes: grad_ratio, gate_rwkv, act_var_*, state_norm_*, ablation_share."""
+    """docs/design.md#balance-metrics from the probe's shared passes: grad_ratio, gate_rwkv, act_var_*, state_norm_*, ablation_share."""
     metrics: dict = {}
     if probe.hybrid:
         metrics["grad_ratio"] = probe.grad_ratio
@@ -134,7 +134,7 @@ def diagnose(model, tokenizer=None, val_tokens=None, run_dir=None, out_dir=None,
              options: DiagnoseOptions | None = None, step: int | None = None,
              suites=None, analyses=None, reload=None, progress: bool = True) -> Diagnosis:
     """Run every suite (S0-S4, G1-G4, D1-D4) and analysis on ``model`` with ``val_tokens`` (1-D token ids;
-    None = uniform random tokens, as the seeds' probes used). ``run_dir``: the run folder, whose
+    None = uniform random tokens, as the seed design's probes used). ``run_dir``: the run folder, whose
     ``metrics.jsonl`` feeds G3 and the balance-over-training plot. ``out_dir``: where report.md,
     diagnosis.json and the PNG plots go (None: write nothing). ``reload``: ``() -> model`` loading the same
     weights afresh (the run's checkpoint) for the reload check; default: a safetensors round trip.
@@ -207,13 +207,13 @@ def render_markdown(diagnosis: Diagnosis, figures: list[tuple[str, Path]]) -> st
                  ", ".join(f"{s} {n}" for s, n in diagnosis.counts().items() if n))
     lines.append("- thresholds: `groundthink/diagnostics/thresholds.py` (each with its source)")
     suite_ids = {f.suite_id for f in SUITES}
-    for title, rows in (("Graduation suites (SPEC §5)", [r for r in diagnosis.results if r.id in suite_ids]),
+    for title, rows in (("Graduation suites (docs/design.md#diagnostics)", [r for r in diagnosis.results if r.id in suite_ids]),
                         ("Further checks and analyses", [r for r in diagnosis.results if r.id not in suite_ids])):
         lines += ["", f"## {title}", "", "| id | check | status | value | threshold | detail |",
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r.id} | {r.name} | **{r.status}** | {_cell(r.value_text)} | {_cell(r.threshold)} | "
                   f"{_cell(r.detail)} |" for r in rows]
-    lines += ["", "## Balance metrics (SPEC §4)", "", "| metric | overall | per layer |", "| --- | --- | --- |"]
+    lines += ["", "## Balance metrics (docs/design.md#balance-metrics)", "", "| metric | overall | per layer |", "| --- | --- | --- |"]
     names = [n for n in BALANCE_NAMES if n in diagnosis.metrics]
     for name in names:
         per_layer = diagnosis.metrics.get(f"{name}_per_layer")

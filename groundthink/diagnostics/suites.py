@@ -1,4 +1,4 @@
-"""The graduation suites of SPEC §5: S0-S4 (state fundamentals), G1-G4 (gates), D1-D4 (diagnostics).
+"""The graduation suites of docs/design.md#diagnostics: S0-S4 (state fundamentals), G1-G4 (gates), D1-D4 (diagnostics).
 
 Each suite is a function ``probe -> SuiteResult`` with a status (PASS / WARN / FAIL, or N/A where it does
 not apply, e.g. balance on GPT-2), the number it judged and the threshold it used (all thresholds live in
@@ -164,7 +164,7 @@ def s3_gradient_flow(probe: Probe) -> SuiteResult:
 @suite("S4", "state persistence")
 def s4_state_persistence(probe: Probe) -> SuiteResult:
     """A sequence fed in two halves, the state carried over, gives the logits of the whole sequence; and
-    (hybrids) the two branches' state variances are not wildly apart (the seeds' S4 ratio, WARN only)."""
+    (hybrids) the two branches' state variances are not wildly apart (the seed design's S4 ratio, WARN only)."""
     inputs = probe.batch[0]
     half = inputs.shape[1] // 2
     whole = probe.output.logits.float()
@@ -302,7 +302,7 @@ def d1_state_divergence(probe: Probe) -> SuiteResult:
 @suite("D2", "frozen state")
 def d2_frozen_state(probe: Probe) -> SuiteResult:
     """Does each branch's state vary across different inputs? Variance relative to the state's mean square
-    (smallest over layers); one frozen branch = WARN, all frozen = FAIL (the seeds' rule)."""
+    (smallest over layers); one frozen branch = WARN, all frozen = FAIL (the seed design's rule)."""
     if not probe.recurrent:
         return not_applicable("D2", "frozen state", "no recurrent branch (attention only)")
     smallest = {}

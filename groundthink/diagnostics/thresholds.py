@@ -1,11 +1,11 @@
-"""Every PASS / WARN / FAIL threshold of the diagnostics, in one place (SPEC §5).
+"""Every PASS / WARN / FAIL threshold of the diagnostics, in one place (docs/design.md#diagnostics).
 
 Sources, as named in each comment:
-- "SPEC §5" and the seed documents in ``shared/seeds/`` (000: fusion reference, 002: observation synthesis,
+- "docs/design.md#diagnostics" and the seed documents in ``shared/seeds/`` (000: fusion reference, 002: observation synthesis,
   004: strategy summary with the graduation results);
-- the seed project's own code, which the seeds cite as ``tools/thresholds.py`` and ``tests/test_*.py``
+- the seed project's own code, which the seed design cite as ``tools/thresholds.py`` and ``tests/test_*.py``
   (public repository 9to5ninja-projects/groundthink; only the numbers are taken from it);
-- "GroundThink": a choice made here where the seeds give none, or where a seed number had to be applied
+- "GroundThink": a choice made here where the seed design give none, or where a seed number had to be applied
   to a scale-free quantity. Each such place says why.
 
 A ``Band`` maps a number to a status: PASS inside the pass interval, WARN inside the (wider) warn interval,
@@ -67,7 +67,7 @@ def _interval(lo: float, hi: float) -> str:
 # ---- S0-S4: state-space fundamentals -------------------------------------------------------------
 
 # S1: seed project tests/test_tiny_graduation.py (S1 asserts 0.001 < state norm < 1000). GroundThink makes
-# it a WARN, not a FAIL: a trained RWKV state legitimately reaches 2571 (seed 002, Obs. 13).
+# it a WARN, not a FAIL: a trained RWKV state legitimately reaches 2571 (the seed design, Obs. 13).
 S1_STATE_NORM = Band(1e-3, 1e3, warn_lo=-math.inf, warn_hi=math.inf, source="seed test_tiny_graduation.py S1")
 
 # S2: seed project test_tiny_graduation.py S2 asserts ||s_a - s_b|| > 0.01 for two different inputs.
@@ -82,30 +82,30 @@ S2_RELATIVE_STATE_DIFF = Band(0.01, math.inf, source="seed test_tiny_graduation.
 # sum in another order or in TF32 while a broken hand-off still FAILs by two orders of magnitude.
 S4_CONTINUATION_ERROR = Band(0.0, 1e-3, warn_hi=1e-2, source="GroundThink (seed test_tiny_graduation.py S3: 1e-5)")
 # S4's balance half: seed project test_tiny_graduation.py S4 warns when the RWKV/Mamba state variance
-# ratio is > 100 or < 0.01 (seed 004 reports S4 WARN at 108,583x); it never fails on it.
+# ratio is > 100 or < 0.01 (the seed design, reports S4 WARN at 108,583x); it never fails on it.
 S4_STATE_VARIANCE_RATIO = Band(0.01, 100.0, warn_lo=-math.inf, warn_hi=math.inf,
-                               source="seed test_tiny_graduation.py S4; seed 004 (108,583x = WARN)")
+                               source="seed test_tiny_graduation.py S4; the seed design (108,583x = WARN)")
 
 # ---- G1-G4: graduation gates ---------------------------------------------------------------------
 
-# G2: SPEC §5 / seed 004: initial output entropy in [2.0, 5.0] nats. Seed project tools/thresholds.py:
-# below 2.0 = collapsed (FAIL), above 5.0 = WARN (seed 004 calls 5.46 "high but acceptable").
-G2_INIT_ENTROPY = Band(2.0, 5.0, warn_hi=math.inf, source="SPEC §5; seed 004; seed tools/thresholds.py")
+# G2: docs/design.md#diagnostics / the seed design: initial output entropy in [2.0, 5.0] nats. Seed project tools/thresholds.py:
+# below 2.0 = collapsed (FAIL), above 5.0 = WARN (the seed design, calls 5.46 "high but acceptable").
+G2_INIT_ENTROPY = Band(2.0, 5.0, warn_hi=math.inf, source="docs/design.md#diagnostics; the seed design; seed tools/thresholds.py")
 
-# G3: SPEC §5 / seed 004: loss decreasing and grad norm 0.5-1.5. The seeds give no WARN band; GroundThink
+# G3: docs/design.md#diagnostics / the seed design: loss decreasing and grad norm 0.5-1.5. The seed design give no WARN band; GroundThink
 # fails a loss that does not fall and warns on a grad norm outside 0.5-1.5.
-G3_LOSS_RATIO = Band(-math.inf, 1.0 - 1e-9, source="SPEC §5 (loss decreasing)")   # last / first window
-G3_GRAD_NORM = Band(0.5, 1.5, warn_lo=-math.inf, warn_hi=math.inf, source="SPEC §5; seed 004")
+G3_LOSS_RATIO = Band(-math.inf, 1.0 - 1e-9, source="docs/design.md#diagnostics (loss decreasing)")   # last / first window
+G3_GRAD_NORM = Band(0.5, 1.5, warn_lo=-math.inf, warn_hi=math.inf, source="docs/design.md#diagnostics; the seed design")
 
-# G4: SPEC §4/§5: grad_ratio in [0.3, 3.0]. Seed project tools/thresholds.py: 0.1-10 = WARN. Seed 000
+# G4: docs/design.md#balance-metrics/§5: grad_ratio in [0.3, 3.0]. Seed project tools/thresholds.py: 0.1-10 = WARN. Seed 000
 # Obs. 8 agrees: 0.10 was WARN, 0.08 FAIL.
-G4_GRAD_RATIO = Band(0.3, 3.0, warn_lo=0.1, warn_hi=10.0, source="SPEC §4-5; seed tools/thresholds.py")
+G4_GRAD_RATIO = Band(0.3, 3.0, warn_lo=0.1, warn_hi=10.0, source="docs/design.md#balance-metrics-5; seed tools/thresholds.py")
 
 # ---- D1-D4: diagnostics --------------------------------------------------------------------------
 
 # D1: seed project tests/test_diagnostics.py: state norm at 512 tokens / at 64 tokens, PASS < 2, WARN 2-10,
-# FAIL > 10 (seed 004: RWKV grew 2.5x = WARN). GroundThink measures at 8x / 1x the training length.
-D1_NORM_GROWTH = Band(0.0, 2.0, warn_hi=10.0, source="seed test_diagnostics.py D1; seed 004")
+# FAIL > 10 (the seed design: RWKV grew 2.5x = WARN). GroundThink measures at 8x / 1x the training length.
+D1_NORM_GROWTH = Band(0.0, 2.0, warn_hi=10.0, source="seed test_diagnostics.py D1; the seed design")
 
 # D2: seed project tests/test_diagnostics.py: a state whose variance across 10 inputs is below 1e-6 is
 # frozen; PASS when both branches vary, WARN when one is frozen, FAIL when both are. GroundThink applies
@@ -114,14 +114,14 @@ D1_NORM_GROWTH = Band(0.0, 2.0, warn_hi=10.0, source="seed test_diagnostics.py D
 D2_FROZEN_RELATIVE_VARIANCE = 1e-6   # seed test_diagnostics.py D2_VARIANCE_MIN, made relative
 
 # D3: seed project tests/test_diagnostics.py D3: smaller branch's contribution < 0.1% FAIL, < 1% WARN
-# (seed 004: Mamba 0.2% = WARN). GroundThink measures the contribution as ablation_share (SPEC §4).
-D3_MIN_ABLATION_SHARE = Band(0.01, 1.0, warn_lo=0.001, source="seed test_diagnostics.py D3; seed 004")
+# (the seed design: Mamba 0.2% = WARN). GroundThink measures the contribution as ablation_share (docs/design.md#balance-metrics).
+D3_MIN_ABLATION_SHARE = Band(0.01, 1.0, warn_lo=0.001, source="seed test_diagnostics.py D3; the seed design")
 
 # D4: seed project tests/test_diagnostics.py D4: relative output change < 0.001 FAIL, < 0.01 WARN.
 # GroundThink's D4 asks it of each branch: the relative change of the logits when that branch is zeroed.
 D4_RELATIVE_OUTPUT_CHANGE = Band(0.01, math.inf, warn_lo=0.001, source="seed test_diagnostics.py D4")
 
-# ---- further checks of SPEC §5 -------------------------------------------------------------------
+# ---- further checks of docs/design.md#diagnostics -------------------------------------------------------------------
 
 # Overfit one batch: seed project test_tiny_graduation.py (Task 43): 10 samples x 64 tokens, AdamW lr 1e-3,
 # at most 500 steps, PASS below loss 0.5, WARN if the loss at least halved. Seed 004: 0.48 in 65 steps.
@@ -130,17 +130,17 @@ OVERFIT_TARGET_LOSS = 0.5
 OVERFIT_WARN_FRACTION = 0.5   # final <= 0.5 x initial -> WARN
 
 # Beat a random model: seed project test_tiny_graduation.py (Task 44): val loss below ln(vocab), the loss
-# of uniform guessing (seed 004: 37.9% better). GroundThink wants at least 1% better for a PASS, so a model
+# of uniform guessing (the seed design: 37.9% better). GroundThink wants at least 1% better for a PASS, so a model
 # at initialization (loss ~ ln V) cannot pass by noise.
 BEAT_RANDOM_IMPROVEMENT = Band(0.01, math.inf, warn_lo=0.0, source="seed Task 44; margin: GroundThink")
 
-# Checkpoint reload identical: seed 004 (Task 46, "identical reload"): logits after a save/load round trip
+# Checkpoint reload identical: the seed design (Task 46, "identical reload"): logits after a save/load round trip
 # equal the original's exactly.
-RELOAD_MAX_DIFF = Band(0.0, 0.0, source="seed 004 Task 46")
+RELOAD_MAX_DIFF = Band(0.0, 0.0, source="the seed design Task 46")
 
 # Component ablation: seed project tests/test_ablation.py (Task 58) with tools/thresholds.py
 # 'd3_interaction_ratio': larger / smaller ablation loss increase, PASS <= 5, WARN <= 10, FAIL beyond
-# (seed 004: RWKV 99.9% / Mamba 0.1% = IMBALANCE).
+# (the seed design: RWKV 99.9% / Mamba 0.1% = IMBALANCE).
 ABLATION_INTERACTION_RATIO = Band(0.0, 5.0, warn_hi=10.0, source="seed test_ablation.py; tools/thresholds.py")
 
 # State evolution: no verdict (INFO). The seed's Task 59 rule (PASS if the state's entries spread more for

@@ -1,7 +1,7 @@
 """Measurements taken once at the end of each sweep run, on the final weights, into ``final_metrics.json``.
 
 * ``ablation``: the validation loss with each branch zeroed in every layer, on the trainer's own validation
-  windows, and the resulting ``ablation_share`` (SPEC §4, D3) — the share that says whether Mamba counts.
+  windows, and the resulting ``ablation_share`` (docs/design.md#balance-metrics, D3) — the share that says whether Mamba counts.
 * ``long_context``: the diagnostics' long-context analysis (loss by position up to N tokens, the state
   carried across training-length windows).
 """

@@ -201,7 +201,7 @@ def markdown(spec: SweepSpec, table: SweepTable, out: Path) -> str:
             at_once = f", {inv['parallel']} runs at a time" if inv.get("parallel", 1) > 1 else ""
             lines.append(f"- `{' '.join(inv['argv'])}` on {inv['machine']}{at_once} ({inv['started']})")
         lines.append("")
-    lines += ["Mean ± sample standard deviation over the seeds (n = finished runs of the row). *final*: the last "
+    lines += ["Mean ± sample standard deviation over the seed design (n = finished runs of the row). *final*: the last "
               "evaluation; *best*: the run's lowest val loss. `grad_ratio`, `gate_rwkv` and the activation-variance "
               "ratio (RWKV / Mamba, raw outputs) come from the final evaluation; *Mamba share* is `ablation_share` "
               "of Mamba, measured once at the end on the validation windows; G4 checks the mean `grad_ratio` "

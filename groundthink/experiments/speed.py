@@ -25,7 +25,7 @@ from groundthink.training.step import TrainStep
 SHAPES: dict[str, dict] = {
     "char": dict(batch_size=32, seq_len=64, hidden_size=128, n_layers=8, vocab_size=65),
     "long": dict(batch_size=8, seq_len=4096, hidden_size=128, n_layers=8, vocab_size=65),
-    # ~125M: GPT-2 small's width and depth, a 16K BPE vocabulary (the seeds'), head size 64 everywhere.
+    # ~125M: GPT-2 small's width and depth, a 16K BPE vocabulary (the seed design's), head size 64 everywhere.
     "125m": dict(batch_size=8, seq_len=2048, hidden_size=768, n_layers=12, vocab_size=16384,
                  rwkv_heads=6, attn_heads=12),
     "cpu": dict(batch_size=4, seq_len=64, hidden_size=64, n_layers=2, vocab_size=65),

@@ -1,4 +1,4 @@
-"""Blocks: the parallel hybrid block (SPEC §1) and the single-mixer blocks of the baselines.
+"""Blocks: the parallel hybrid block (docs/design.md#block) and the single-mixer blocks of the baselines.
 
 Every block maps ``x -> x'`` and carries a per-branch recurrent state. For diagnostics a block can
 record what it measured (``record = True``: gate share, raw branch activation variance) and can have a
@@ -16,7 +16,7 @@ from groundthink.layers.rwkv6 import RWKV6
 from groundthink.models.config import ModelConfig
 from groundthink.ops.norms import RMSNorm
 
-# Metric suffixes of SPEC §4: act_var_rwkv, act_var_mamba, ...
+# Metric suffixes of docs/design.md#balance-metrics: act_var_rwkv, act_var_mamba, ...
 SHORT_NAME = {"rwkv6": "rwkv", "mamba2": "mamba", "attention": "attention"}
 
 

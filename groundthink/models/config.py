@@ -44,10 +44,10 @@ class ModelConfig:
     max_position_embeddings: int = 1024
     ffn_mult: int = 4
     norm_eps: float = 1e-5
-    # Balance intervention (seeds' Q6): add Mamba's raw branch output straight to the residual stream
+    # Balance intervention (the seed design's Q6): add Mamba's raw branch output straight to the residual stream
     # with this weight, besides the fusion. 0 = off.
     mamba_residual: float = 0.0
-    # Balance intervention (seeds' Obs. 11): during training, zero the RWKV-6 output of each sequence with
+    # Balance intervention (the seed design's Obs. 11): during training, zero the RWKV-6 output of each sequence with
     # this probability, so the model cannot lean on RWKV alone. 0 = off.
     rwkv_dropout: float = 0.0
     # Regularization (nanoGPT's places): the embeddings, each block's mixer output and FFN output before

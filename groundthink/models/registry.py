@@ -7,7 +7,7 @@ from groundthink.models.config import ModelConfig
 from groundthink.models.model import GroundThinkLM
 from groundthink.models.params import count_parameters
 
-# key: (description, overrides of ModelConfig). Fusion variants are SPEC §2; baselines follow.
+# key: (description, overrides of ModelConfig). Fusion variants are docs/design.md#fusion; baselines follow.
 REGISTRY: dict[str, tuple[str, dict]] = {
     "HY": ("per-channel gains g_r*r + g_m*m", dict(fusion="gain", gate_init=0.7)),
     "GF": ("gate per position", dict(fusion="gate", gate_init=0.5)),

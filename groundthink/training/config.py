@@ -64,7 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    # Plateau protocol of the seeds: after `plateau_patience` of the steps without a better val loss,
+    # Plateau protocol of the seed design: after `plateau_patience` of the steps without a better val loss,
     # multiply the LR by `plateau_factor`; stop when `plateau_max_reductions` reductions brought no gain.
     plateau: bool = False
     plateau_patience: float = 0.15

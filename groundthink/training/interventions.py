@@ -1,12 +1,12 @@
-"""Balance interventions as trainer hooks (the seeds' attempts to make Mamba count, and new ones).
+"""Balance interventions as trainer hooks (the seed design's attempts to make Mamba count, and new ones).
 
 Switched on by the ``interventions`` config section (``interventions_config.py``); the trainer builds
 them with ``intervention_hooks`` and runs them with any hooks it was given.
 
 * ``BalanceLoss``: a penalty when RWKV's share leaves a target band, either the fusion's mean gate
   (``gate``) or RWKV's share of the fused output's magnitude (``share``).
-* ``GateFreeze``: the fusion parameters receive no updates for the first N steps (seed 001's "frozen gates").
-* ``MambaGradScale``: multiply every ``mamba2.*`` gradient before clipping (seed 000, Observation 10).
+* ``GateFreeze``: the fusion parameters receive no updates for the first N steps (the seed design's "frozen gates").
+* ``MambaGradScale``: multiply every ``mamba2.*`` gradient before clipping (the seed design, Observation 10).
 
 Branch dropout (``model.rwkv_dropout``), Mamba added straight to the residual (``model.mamba_residual``) and
 ``train.mamba_lr_mult`` are model / optimizer settings and need no hook.

@@ -16,7 +16,7 @@ def lr_at(step: int, lr: float, min_lr: float, steps: int, warmup_ratio: float) 
 
 
 class PlateauProtocol:
-    """The seeds' plateau rule: when the val loss has not improved for ``patience`` of the run, multiply the
+    """The seed design's plateau rule: when the val loss has not improved for ``patience`` of the run, multiply the
     LR by ``factor``; once ``max_reductions`` reductions in a row brought no improvement, stop."""
 
     def __init__(self, steps: int, patience: float, factor: float, max_reductions: int, min_delta: float = 1e-4):
