@@ -188,3 +188,14 @@ def test_a_divergence_before_the_first_checkpoint_advises_a_command_that_works(t
     assert f"--out {folder} --set train.lr=" in message and "--resume" not in message
     code, out, err = run(capsys, "train", *FAST, "--out", folder)
     assert code == 0 and "completed" in out, err
+
+
+def test_output_paths_that_name_the_wrong_thing_are_one_line_before_any_work(trained, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(capsys, "diagnose", trained, "--out", afile, match="is a file, not a folder")
+    one_line_error(capsys, "bench", "--device", "cpu", "--models", "GPT2", "--json", tmp_path,
+                   match="is a folder")
+    one_line_error(capsys, "bench", "--device", "cpu", "--models", "GPT2", "--json", tmp_path / "no" / "x.json",
+                   match="does not exist")
+    assert afile.read_text() == "x"

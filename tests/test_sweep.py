@@ -201,6 +201,21 @@ def test_a_trained_run_missing_its_measurements_is_only_measured(baseline, tmp_p
     assert measured["ablation"] == pytest.approx(expected["ablation"], rel=1e-5)
 
 
+def test_a_run_measured_from_a_damaged_checkpoint_falls_back_to_an_intact_one(baseline, tmp_path, capfd):
+    spec_path, reference, _ = baseline
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    run = out / "GF-MH" / "seed1"
+    (run / "final_metrics.json").unlink()  # trained, not yet measured: the sweep reloads its last checkpoint
+    newest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    (newest / "model.safetensors").write_bytes(b"")
+    lines = []
+    assert run_sweep(load_spec(spec_path), out, log=lines.append) == 0
+    assert "[1/1] GF-MH seed 1: measure" in lines and (run / "final_metrics.json").is_file()
+    assert f"checkpoint {newest} is damaged" in capfd.readouterr().err
+    assert (newest / "model.safetensors").exists()  # skipped, not deleted
+
+
 def test_a_time_budget_starts_nothing_it_cannot_finish(baseline, tmp_path):
     spec_path, _, _ = baseline
     lines = []

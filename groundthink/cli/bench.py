@@ -35,19 +35,14 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from groundthink.experiments.speed import (
-        DEFAULT_MODE,
-        DEFAULT_SHAPES,
-        MODES,
-        SHAPES,
-        add_ratios,
-        environment,
-        format_table,
-        measure,
-    )
+    from groundthink.data.files import check_output_file
+    from groundthink.experiments.speed import (DEFAULT_MODE, DEFAULT_SHAPES, MODES, SHAPES, add_ratios, environment,
+                                               format_table, measure)
     from groundthink.models.registry import REGISTRY
     from groundthink.ops.fla_hopper import HOPPER_CHECKS
 
+    if args.json:
+        check_output_file(args.json, "--json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device not in ("cuda", "cpu"):
         raise UserError(f"--device {args.device!r} is unknown; use auto, cuda or cpu")

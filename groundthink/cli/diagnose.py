@@ -46,6 +46,7 @@ def run(args) -> int:
     from groundthink.cli.eval import eval_tokens
     from groundthink.devices import resolve_device
     from groundthink.diagnostics.report import diagnose
+    from groundthink.data.files import check_output_folder
     from groundthink.training.checkpoint import load_run, load_weights
 
     loaded = load_run(args.run, which=args.which)
@@ -59,7 +60,7 @@ def run(args) -> int:
         load_weights(fresh, loaded.checkpoint)
         return fresh
 
-    out = Path(args.out) if args.out else loaded.run_dir / "diagnostics" / loaded.checkpoint.name
+    out = check_output_folder(args.out, "--out") if args.out else loaded.run_dir / "diagnostics" / loaded.checkpoint.name
     print(f"diagnose {loaded.run_dir} {loaded.checkpoint.name} (step {loaded.step}) on {len(tokens):,} tokens of "
           f"{name}, T = {options.seq_len}, {device}", flush=True)
     try:

@@ -100,3 +100,22 @@ def read_json(path) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def check_output_folder(path, flag: str) -> Path:
+    """A folder a command will write into: refused in one line when it names an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pass a folder name with {flag}")
+    return path
+
+
+def check_output_file(path, flag: str) -> Path:
+    """A file a command will write at the end: refused in one line now (before any work) when it is a folder
+    or its folder does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file name with {flag}, e.g. {path / 'results.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: the folder {path.parent} does not exist; create it or pass another path")
+    return path

@@ -14,14 +14,15 @@ PHASES = ("startup", "setup", "compile", "capture", "steps", "eval", "checkpoint
 
 
 class PhaseClock:
-    def __init__(self):
-        self.started = time.perf_counter()
+    def __init__(self, timer=time.perf_counter):
+        self.timer = timer
+        self.started = timer()
         self.seconds = {name: 0.0 for name in PHASES}
         self._stack: list[tuple[str, float]] = []
 
     @contextlib.contextmanager
     def phase(self, name: str):
-        now = time.perf_counter()
+        now = self.timer()
         if self._stack:
             outer, since = self._stack[-1]
             self.seconds[outer] += now - since
@@ -30,7 +31,7 @@ class PhaseClock:
             yield
         finally:
             name, since = self._stack.pop()
-            now = time.perf_counter()
+            now = self.timer()
             self.seconds[name] += now - since
             if self._stack:
                 self._stack[-1] = (self._stack[-1][0], now)
@@ -49,7 +50,7 @@ class PhaseClock:
 
     def report(self) -> dict[str, float]:
         """Seconds per phase so far, with ``wall`` and ``other`` (time in no phase)."""
-        wall = time.perf_counter() - self.started
+        wall = self.timer() - self.started
         measured = {name: round(value, 3) for name, value in self.seconds.items() if name != "other"}
         measured["other"] = round(max(wall - sum(self.seconds.values()), 0.0) + self.seconds["other"], 3)
         measured["wall"] = round(wall, 3)
