@@ -1,8 +1,6 @@
-"""``groundthink diagnose RUN_DIR_or_CHECKPOINT``: every suite of docs/design.md#diagnostics as one table, plus report.md,
-diagnosis.json and PNG plots (default folder: ``RUN_DIR/diagnostics/<checkpoint>``)."""
+"""``groundthink diagnose RUN_DIR_or_CHECKPOINT``: every suite of docs/design.md#diagnostics as one table, plus
+report.md, diagnosis.json and PNG plots (default folder: ``RUN_DIR/diagnostics/<checkpoint>``)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 from groundthink.errors import UserError
 
@@ -44,9 +42,9 @@ def options_from(args, seq_len: int):
 
 def run(args) -> int:
     from groundthink.cli.eval import eval_tokens
+    from groundthink.data.files import check_output_folder
     from groundthink.devices import resolve_device
     from groundthink.diagnostics.report import diagnose
-    from groundthink.data.files import check_output_folder
     from groundthink.training.checkpoint import load_run, load_weights
 
     loaded = load_run(args.run, which=args.which)

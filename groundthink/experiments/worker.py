@@ -22,6 +22,7 @@ import torch
 from groundthink.data import load_data, load_tokenizer
 from groundthink.data.files import atomic_write_text, read_json
 from groundthink.devices import resolve_device
+from groundthink.diagnostics.curves import save_run_curves
 from groundthink.errors import UserError
 from groundthink.experiments.measure import FINAL_METRICS, final_measurements
 from groundthink.experiments.spec import Measure, build_config
@@ -94,6 +95,7 @@ def execute_run(run_dir, stop: StopFlag | None = None, parallel: int = 1) -> dic
             return {**result, "status": "interrupted", "seconds": time.perf_counter() - started}
         try:
             summary = trainer.fit()
+            save_run_curves(run_dir)  # RUN_DIR/curves.png, as groundthink train draws it
         except TrainingDiverged as err:
             return {**result, "status": "diverged", "error": str(err), "seconds": time.perf_counter() - started}
         if summary["status"] not in FINISHED:
