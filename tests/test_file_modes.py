@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from groundthink.data.files import atomic_write_bytes, atomic_write_text, current_umask
+from groundthink.fileio import atomic_write_bytes, atomic_write_text, current_umask
 from groundthink.training import Trainer
 from training_utils import tiny_config
 
@@ -62,3 +62,16 @@ def test_an_exported_folder_has_the_usual_modes(tmp_path, umask):
     assert (folder / "model.safetensors").is_file()
     assert_usual_modes(folder, umask)
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no staging folder left beside it
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    target = tmp_path / "record.json"
+    target.write_text("old")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

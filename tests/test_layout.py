@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "groundthink"
 
 # Lowest first. A top-level module or package may import from any layer up to its own.
 LAYERS = [
-    {"errors", "devices", "progress"},
+    {"errors", "devices", "progress", "fileio"},
     {"ops"},
     {"layers", "data"},
     {"models"},

@@ -1,11 +1,17 @@
-"""Reading user text files with clear errors, writing files atomically, with the usual permissions."""
+"""Reading user text files with clear errors; checking the paths a command will write to.
+
+The generic file writing (atomic writes, the usual permissions, ``read_json``) is ``groundthink/fileio.py``,
+below every package, and is re-exported here for the modules that read and write run folders.
+"""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from groundthink.errors import UserError
+from groundthink.fileio import atomic_write_bytes, atomic_write_text, fsync_dir, give_usual_mode, read_json
+
+__all__ = ["TEXT_SUFFIXES", "read_text_file", "text_files_in", "check_output_folder", "check_output_file",
+           "atomic_write_bytes", "atomic_write_text", "fsync_dir", "give_usual_mode", "read_json"]
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 
@@ -37,69 +43,6 @@ def text_files_in(folder) -> list[Path]:
         raise UserError(f"data folder {folder} has no text files ({', '.join(TEXT_SUFFIXES)}); "
                         f"pass a folder that has some, or a single file")
     return files
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
-
-    A reader (or a crash at any moment) sees either the old file or the complete new one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def current_umask() -> int:
-    """The process's umask: read from /proc on Linux; elsewhere set and put back at once (os has no getter)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_usual_mode(path) -> None:
-    """The mode ``open(path, "w")`` would have given (0666 less the umask) to a file a library created 0600.
-
-    safetensors writes its files 0600, so a run folder's or an exported folder's weights would be readable by
-    their owner only.
-    """
-    os.chmod(path, 0o666 & ~current_umask())
-
-
-def fsync_dir(path) -> None:
-    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def read_json(path) -> dict | None:
-    """A JSON file's contents, or None when it is missing or unreadable (a run folder still being written)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def check_output_folder(path, flag: str) -> Path:

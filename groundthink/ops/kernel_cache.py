@@ -14,12 +14,11 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from groundthink.fileio import atomic_write_text
 from groundthink.ops.backend import cache_root, fla_autotune_mode, fla_available, kernel_cache_enabled
 
 RECORD_FORMAT = 1
@@ -63,23 +62,6 @@ def write_record(kind: str, key: dict, value: dict) -> Path | None:
     except OSError:  # a read-only or full disk costs the next process a recomputation, nothing more
         return None
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a temporary file beside ``path``, flush it to disk, rename it over ``path``.
-
-    ``data/files.py`` has the same for data files; ops sit below data and cannot import it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_json(value):

@@ -1,11 +1,7 @@
-"""Checkpoints and run folders.
+"""The checkpoint format, and which checkpoint of a run folder to use.
 
-Layout of a run folder::
+A checkpoint (the rest of the run folder is ``run_folder.py``'s)::
 
-    RUN_DIR/config.yaml            resolved configuration (model key + every model field, data, train)
-    RUN_DIR/tokenizer.json         the tokenizer (char or BPE), reloadable with load_tokenizer
-    RUN_DIR/metrics.jsonl          one JSON object per line: kind train / eval / summary
-    RUN_DIR/summary.json           the final summary
     RUN_DIR/checkpoints/step_0000100/model.safetensors     weights
                                     /trainer_state.pt      optimizer, schedule, sampler, RNG states
                                     /meta.json             step, val loss, model key
@@ -14,7 +10,9 @@ Layout of a run folder::
 
 A checkpoint is written into a hidden temporary folder and renamed into place only when complete; pointers
 are rewritten atomically after that; old checkpoints are renamed away before being deleted. So at any
-moment (SIGKILL included) every ``step_*`` folder is complete and the pointers name existing ones.
+moment (SIGKILL included) every ``step_*`` folder is complete and the pointers name existing ones. What a
+disk or a person damaged afterwards is caught when the checkpoint is chosen (``checkpoint_problem``): every
+command that reads a run takes the newest intact one and names the others in a warning, never deleting them.
 Loading never unpickles arbitrary objects: weights are safetensors, trainer state loads with
 ``weights_only=True``.
 """
