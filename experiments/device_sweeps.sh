@@ -26,7 +26,7 @@ for stage in "$@"; do
   [ "$left" -gt 30 ] || { echo "no time left for $stage"; break; }
   case $stage in
     verify)
-      timeout -k 5 150 python3 -m pytest -q -m gpu -rfE tests/test_gpu_fast_paths.py -k trainer_cuda_graph \
+      timeout -k 5 150 python3 -m pytest -q -m gpu -rfE tests/test_gpu_models.py -k trainer_cuda_graph \
         > "$OUT/verify.txt" 2>&1
       rc=$?; tail -5 "$OUT/verify.txt"
       if [ $rc -ne 0 ] || ! grep -q " passed" "$OUT/verify.txt"; then

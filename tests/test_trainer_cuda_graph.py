@@ -4,7 +4,7 @@ On CPU ``on`` runs TrainStep's eager fallback (with a warning), which must train
 own eager step: the same losses and the same weights, bit for bit (accumulation included, where the logged
 loss is the mean of the same numbers summed in another order: 1e-6), with hooks, and across a resume.
 Where a captured step cannot work, ``on`` is a one-line error and ``auto`` falls back to the eager step.
-The CUDA comparison (captured vs eager, 30 steps) is in test_gpu_fast_paths.py.
+The CUDA comparison (captured vs eager, 30 steps) is in test_gpu_models.py.
 """
 import warnings
 
