@@ -70,7 +70,7 @@ class TrainConfig:
     plateau_patience: float = 0.15
     plateau_factor: float = 0.5
     plateau_max_reductions: int = 2
-    progress: bool = True            # a live progress bar on the console
+    progress: bool = True            # a progress bar on a usable terminal, else plain progress lines (also with false)
     tensorboard: bool = True         # also write TensorBoard scalars when tensorboard is installed
     # Several processes (torchrun, --nproc; see training/launch.py and parallel.py): ddp replicates the model, fsdp
     # (FSDP2) shards weights, gradients and optimizer state (for ~125M parameters and above).
