@@ -14,8 +14,12 @@ def test_bench_cpu_writes_table_and_json(tmp_path, capsys):
     code = main(["bench", "--device", "cpu", "--models", "GF-MH,GPT2", "--steps", "1", "--warmup", "1",
                  "--batch-size", "2", "--seq-len", "16", "--json", str(out)])
     assert code == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     assert "GF-MH" in table and "GPT2" in table and "1.00x" in table
+    # Progress without a terminal: a status line with the ETA after the first row, a total at the end.
+    assert "bench: 1/2 rows (50%)" in captured.err and "ETA" in captured.err and "bench: 2 rows in" in captured.err
+    assert "cpu   eager   GF-MH" in captured.err
     data = json.loads(out.read_text())
     rows = {row["model"]: row for row in data["rows"]}
     assert set(rows) == {"GF-MH", "GPT2"} and data["environment"]["device"] == "cpu"

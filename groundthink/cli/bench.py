@@ -40,6 +40,7 @@ def run(args) -> int:
                                                format_table, measure)
     from groundthink.models.registry import REGISTRY
     from groundthink.ops.fla_hopper import HOPPER_CHECKS
+    from groundthink.progress import Progress
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -72,16 +73,20 @@ def run(args) -> int:
     env = environment(device)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else env["peak_bf16_flops"]
     rows = []
-    for shape_name in shapes:
-        shape = dict(SHAPES[shape_name])
-        shape.update({k: v for k, v in (("batch_size", args.batch_size), ("seq_len", args.seq_len)) if v})
-        for mode in modes:
-            for key in models:
-                row = measure(key, shape, mode, device=device, steps=steps, warmup=warmup, peak=peak)
-                row["shape"] = shape_name
-                rows.append(row)
-                print(f"  {shape_name:5s} {mode:7s} {key:7s} " + (f"{row['tok_per_s']:>12,.0f} tok/s"
-                      if row.get("tok_per_s") else f"failed: {row.get('error')}"), file=sys.stderr, flush=True)
+    # One unit per measurement (the ETA counts rows: a ~125M row costs more than a char one, so it is rough).
+    with Progress(len(shapes) * len(modes) * len(models), "bench", unit="rows") as progress:
+        for shape_name in shapes:
+            shape = dict(SHAPES[shape_name])
+            shape.update({k: v for k, v in (("batch_size", args.batch_size), ("seq_len", args.seq_len)) if v})
+            for mode in modes:
+                for key in models:
+                    progress.set_postfix(f"{shape_name} {mode} {key}")
+                    row = measure(key, shape, mode, device=device, steps=steps, warmup=warmup, peak=peak)
+                    row["shape"] = shape_name
+                    rows.append(row)
+                    progress.write(f"  {shape_name:5s} {mode:7s} {key:7s} " + (f"{row['tok_per_s']:>12,.0f} tok/s"
+                                   if row.get("tok_per_s") else f"failed: {row.get('error')}"), file=sys.stderr)
+                    progress.update(1)
     add_ratios(rows)
     print(format_table(rows))
     # Which chunked SSD kernel ran on Hopper + Triton < 3.7.1 (see ops/ssd.py): the self-checks' errors.
