@@ -227,7 +227,8 @@ class Trainer:
         signum, nonfinite, loss_value, grad_norm = torch.cat(
             [flags, torch.stack([loss.float(), self._grad_norm.float()])]).tolist()  # the one sync
         now = time.perf_counter()  # after the sync: the interval's queued GPU work is done and counted
-        self._nonfinite = torch.tensor(bool(nonfinite), device=self.device)
+        if nonfinite:
+            self._nonfinite.fill_(True)  # another rank's NaN: this rank stops with it
         if signum and self.stop_reason is None:
             self.stop_reason, self.signal_received = "interrupted", int(signum)
         self._loss_sum.zero_()
